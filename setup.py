@@ -1,0 +1,35 @@
+"""progvc: a JAX/Flax framework for ProGVC, a progressive generative video codec."""
+
+from setuptools import find_packages, setup
+
+setup(
+    name="progvc",
+    version="0.1.0",
+    description="Progressive generative video codec (ProGVC) in JAX/Flax: training on meshes, a CPU codec.",
+    long_description=open("README.md", encoding="utf-8").read(),
+    long_description_content_type="text/markdown",
+    python_requires=">=3.11,<3.13",
+    packages=find_packages(include=["progvc_jax", "progvc_jax.*", "configs"]),
+    install_requires=[
+        "jax>=0.10.2,<0.11",
+        "flax>=0.12.8,<0.13",
+        "optax>=0.2.8,<0.3",
+        "orbax-checkpoint>=0.12.8,<0.13",
+        "grain>=0.2.18,<0.3",
+        "tensorflow-datasets>=4.9.10,<5",
+        "tensorflow-cpu>=2.21,<2.22",  # clu's metric writers import tensorflow
+        "ml-collections>=1.1.0,<2",
+        "clu>=0.0.12,<0.1",
+        "constriction>=0.5.0,<0.6",
+        "absl-py>=2.5.1,<3",
+        "av>=14,<20",
+        "numpy>=2.0,<3",
+    ],
+    extras_require={
+        "dev": [
+            "pytest>=8",
+            "pytest-xdist>=3.5",
+            "hypothesis>=6.100",
+        ],
+    },
+)
