@@ -30,6 +30,8 @@ setup(
             "pytest>=8",
             "pytest-xdist>=3.5",
             "hypothesis>=6.100",
+            "scikit-image>=0.24",
+            "pillow>=10",
         ],
     },
 )
