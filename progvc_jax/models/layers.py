@@ -57,11 +57,15 @@ class Conv(nnx.Module):
                       (out_ch,), ("conv_out",))
 
   def __call__(self, x: jax.Array) -> jax.Array:
+    return self.apply(x, self.kernel[...], self.bias[...])
+
+  def apply(self, x: jax.Array, kernel: jax.Array, bias: jax.Array) -> jax.Array:
+    """This conv with the given weights (the GAN's adaptive weight differentiates them)."""
     y = jax.lax.conv_general_dilated(
-        x.astype(self.dtype), self.kernel[...].astype(self.dtype),
+        x.astype(self.dtype), kernel.astype(self.dtype),
         window_strides=(self.stride, self.stride), padding=self.padding,
         dimension_numbers=("NHWC", "HWIO", "NHWC"))
-    return y + self.bias[...].astype(self.dtype)
+    return y + bias.astype(self.dtype)
 
 
 class GroupNorm(nnx.Module):

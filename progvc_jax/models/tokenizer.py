@@ -140,11 +140,15 @@ class Decoder(nnx.Module):
     self.norm_out = layers.GroupNorm(ch * ch_mult[0], groups, rngs=rngs)
     self.conv_out = layers.Conv(ch * ch_mult[0], 3, 3, dtype=dtype, rngs=rngs)
 
-  def __call__(self, z):
+  def features(self, z):
+    """The input of the last conv (`conv_out`)."""
     h = self.mid(self.conv_in(z))
     for level in reversed(self.up):
       h = level(h)
-    return self.conv_out(layers.swish(self.norm_out(h)))
+    return layers.swish(self.norm_out(h))
+
+  def __call__(self, z):
+    return self.conv_out(self.features(z))
 
 
 def pad_to_multiple(x: jax.Array, multiple: int) -> jax.Array:
@@ -228,12 +232,18 @@ class Tokenizer(nnx.Module):
     """Training forward pass on frames x (B, H, W, 3).
 
     keep: optional (B,) number of scales kept per frame (random-prefix
-    training). Returns the reconstruction (B, H, W, 3) and the quantizer's aux.
+    training). Returns the reconstruction (B, H, W, 3) and the quantizer's aux
+    with two more entries: `latent`, the encoder's latent tiles, and
+    `last_features`, the decoder's input to its last conv (for the GAN's
+    adaptive weight).
     """
     b, height, width, _ = x.shape
     rows, cols = self.tile_grid(height, width)
     f = self.latent(pad_to_multiple(x, self.pixel_tile))
     tile_keep = None if keep is None else jnp.repeat(keep, rows * cols)
-    fq, aux = self.quantizer(self.to_tiles(f), tile_keep)
-    rec = self.decoder(self.post_quant_conv(self.from_tiles(fq, rows, cols)))
+    tiles = self.to_tiles(f)
+    fq, aux = self.quantizer(tiles, tile_keep)
+    feats = self.decoder.features(self.post_quant_conv(self.from_tiles(fq, rows, cols)))
+    rec = self.decoder.conv_out(feats)
+    aux.update(latent=jax.lax.stop_gradient(tiles), last_features=feats)
     return rec.astype(jnp.float32)[:, :height, :width], aux

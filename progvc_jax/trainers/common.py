@@ -1,0 +1,80 @@
+"""Pieces every progvc trainer uses: optimizer, EMA, guards, batches, progress."""
+
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from absl import logging
+
+from progvc_jax import sharding
+
+
+def make_optimizer(cfg, total_steps: int, lr: float | None = None) -> optax.GradientTransformation:
+  """AdamW with linear warmup and cosine decay, after global-norm clipping."""
+  peak = cfg.lr if lr is None else lr
+  warmup = min(cfg.warmup_steps, max(total_steps - 1, 0))
+  schedule = optax.warmup_cosine_decay_schedule(
+      init_value=0.0, peak_value=peak, warmup_steps=warmup,
+      decay_steps=max(total_steps, warmup + 1), end_value=peak * cfg.end_lr_factor)
+  return optax.chain(
+      optax.clip_by_global_norm(cfg.grad_clip),
+      optax.adamw(schedule, b1=cfg.b1, b2=cfg.b2, weight_decay=cfg.weight_decay))
+
+
+def ema_update(ema, params, decay: float):
+  return jax.tree.map(lambda e, p: e * decay + p.astype(e.dtype) * (1.0 - decay), ema, params)
+
+
+def all_finite(*trees) -> jax.Array:
+  leaves = [x for t in trees for x in jax.tree.leaves(t)]
+  return jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in leaves]))
+
+
+def select(pred: jax.Array, on_true, on_false):
+  """Tree-wise where: keeps the old state when an update is rejected."""
+  return jax.tree.map(lambda a, b: jnp.where(pred, a, b), on_true, on_false)
+
+
+def split_micro(x: jax.Array, accum: int) -> jax.Array:
+  """(B, ...) -> (accum, B / accum, ...) for gradient accumulation."""
+  if x.shape[0] % accum:
+    raise ValueError(f"batch {x.shape[0]} does not split into {accum} micro-batches")
+  return x.reshape(accum, x.shape[0] // accum, *x.shape[1:])
+
+
+def device_batch(mesh, local: np.ndarray) -> jax.Array:
+  """This process's rows of the global batch -> one global array sharded over the batch axes."""
+  return jax.make_array_from_process_local_data(sharding.batch_sharding(mesh, local.ndim), local)
+
+
+def to_unit_range(frames: jax.Array) -> jax.Array:
+  """uint8 pixels -> float32 in [-1, 1]."""
+  return frames.astype(jnp.float32) / 127.5 - 1.0
+
+
+class Progress:
+  """A log line every `every` steps: loss figures, steps/s, examples/s and ETA."""
+
+  def __init__(self, total_steps: int, batch_size: int, first_step: int):
+    self.total, self.batch = total_steps, batch_size
+    self.t0, self.s0 = time.time(), first_step
+
+  def report(self, step: int, scalars: dict) -> dict:
+    dt = max(time.time() - self.t0, 1e-9)
+    rate = (step - self.s0) / dt
+    self.t0, self.s0 = time.time(), step
+    eta = (self.total - step) / rate if rate > 0 else float("inf")
+    figures = dict(steps_per_sec=rate, examples_per_sec=rate * self.batch)
+    text = " ".join(f"{k}={v:.4g}" for k, v in scalars.items())
+    logging.info("step %d/%d %s | %.2f steps/s %.1f ex/s | ETA %s", step, self.total, text, rate,
+                 rate * self.batch, _hms(eta))
+    return figures
+
+
+def _hms(seconds: float) -> str:
+  if not np.isfinite(seconds):
+    return "?"
+  s = int(seconds)
+  return f"{s // 3600}:{s // 60 % 60:02d}:{s % 60:02d}"

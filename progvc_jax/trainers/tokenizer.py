@@ -1,0 +1,329 @@
+"""Stage 1: trains the tokenizer (encoder, multi-scale quantizer, decoder, PatchGAN).
+
+One readable loop: mesh, input, model, shardings, update step, checkpoints,
+evaluation, loop. The train state is a plain dict of arrays:
+
+  step, params, opt, ema, disc, disc_opt, usage
+
+`params`/`ema`/`disc` are the NNX modules' parameters as nested dicts (merged
+back into modules with `nnx.merge(graphdef, params)` inside the jitted step);
+`usage` is an EMA of how often each code is hit, which decides which dead
+codes are brought back.
+"""
+
+import functools
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from absl import logging
+from clu import metric_writers, metrics
+from flax import nnx
+
+from progvc_jax import checkpointing, losses, sharding
+from progvc_jax.models import quantizer as qz
+from progvc_jax.models.discriminator import PatchDiscriminator
+from progvc_jax.models.tokenizer import Tokenizer
+from progvc_jax.trainers import common
+
+DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+
+
+def build_models(config):
+  """Abstract tokenizer and discriminator (no weights allocated)."""
+  if config.compute_dtype not in DTYPES:
+    raise ValueError(f"compute_dtype must be one of {sorted(DTYPES)}, got {config.compute_dtype!r}")
+  dtype = DTYPES[config.compute_dtype]
+  tok = nnx.eval_shape(lambda: Tokenizer(**config.model, dtype=dtype, rngs=nnx.Rngs(0)))
+  disc = nnx.eval_shape(lambda: PatchDiscriminator(**config.disc, dtype=dtype, rngs=nnx.Rngs(0)))
+  return tok, disc
+
+
+def ms_ssim_weights(size: int) -> tuple[float, ...]:
+  """MS-SSIM's scale weights, using as many scales as a `size` crop holds."""
+  n = len(losses.MS_SSIM_WEIGHTS)
+  while n > 1 and size < losses.ms_ssim_min_size(scales=n):
+    n -= 1
+  w = np.asarray(losses.MS_SSIM_WEIGHTS[:n])
+  return tuple(float(v) for v in w / w.sum())
+
+
+class Trainer:
+  """Holds the compiled pieces of one run; `train_and_evaluate` drives it."""
+
+  def __init__(self, config, mesh):
+    self.config, self.mesh = config, mesh
+    tok, disc = build_models(config)
+    self.tok_def, tok_state = nnx.split(tok)
+    self.disc_def, disc_state = nnx.split(disc)
+    self.num_scales = len(tok.schedule)
+    self.vocab = config.model["vocab_size"]
+    self.tx = common.make_optimizer(config.optimizer, config.total_steps)
+    self.dtx = common.make_optimizer(config.optimizer, config.total_steps, lr=config.disc_lr)
+    self.lpips = losses.lpips_from_config(config.lpips_path or None)
+    self.msssim_w = ms_ssim_weights(config.data.crop)
+
+    rules = dict(config.sharding_rules)
+    p_sh = sharding.param_shardings(tok_state, rules, mesh)
+    d_sh = sharding.param_shardings(disc_state, rules, mesh)
+    rep = sharding.replicated(mesh)
+    abstract = jax.eval_shape(self._init, jax.random.key(0))
+    self.shardings = dict(
+        step=rep, params=p_sh, ema=p_sh, disc=d_sh, usage=rep,
+        opt=sharding.opt_state_shardings(self.tx, abstract["opt"], p_sh, mesh),
+        disc_opt=sharding.opt_state_shardings(self.dtx, abstract["disc_opt"], d_sh, mesh))
+    self.abstract = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
+                                 abstract, self.shardings)
+    self.init = jax.jit(self._init, out_shardings=self.shardings)
+    self.step = jax.jit(self._step, in_shardings=(self.shardings, sharding.batch_sharding(mesh, 5)),
+                        out_shardings=(self.shardings, rep), donate_argnums=0)
+    self.evaluate = jax.jit(self._evaluate)
+
+  # Initialisation.
+  def _init(self, rng):
+    r_tok, r_disc = jax.random.split(rng)
+    c = self.config
+    params = nnx.to_pure_dict(nnx.state(Tokenizer(**c.model, dtype=DTYPES[c.compute_dtype],
+                                                   rngs=nnx.Rngs(r_tok)), nnx.Param))
+    disc = nnx.to_pure_dict(nnx.state(PatchDiscriminator(**c.disc, dtype=DTYPES[c.compute_dtype],
+                                                         rngs=nnx.Rngs(r_disc)), nnx.Param))
+    return dict(step=jnp.zeros((), jnp.int32), params=params, opt=self.tx.init(params),
+                ema=params, disc=disc, disc_opt=self.dtx.init(disc),
+                usage=jnp.ones((self.vocab,), jnp.float32))
+
+  # Losses.
+  def _reconstruction_loss(self, rec, x):
+    c = self.config.loss
+    loss = c.l1 * losses.l1(rec, x)
+    if c.ms_ssim:
+      loss += c.ms_ssim * jnp.mean(1.0 - losses.ms_ssim(rec, x, weights=self.msssim_w))
+    if self.lpips is not None and c.lpips:
+      loss += c.lpips * jnp.mean(losses.lpips_distance(self.lpips.params, rec, x))
+    return loss
+
+  def _losses(self, params, disc, x, rng, step):
+    """Generator loss of one micro-batch x (N, H, W, 3); returns (loss, aux)."""
+    c = self.config
+    tok = nnx.merge(self.tok_def, params)
+    r_keep, r_use = jax.random.split(rng)
+    # Random-prefix training: a share of the frames is decoded from a random
+    # number of scales, so that every prefix is a usable frame.
+    keep = jax.random.randint(r_keep, (x.shape[0],), 1, self.num_scales + 1)
+    keep = jnp.where(jax.random.uniform(r_use, (x.shape[0],)) < c.random_prefix, keep, self.num_scales)
+    rec, aux = tok(x, keep)
+    rec_loss = self._reconstruction_loss(rec, x)
+    loss = rec_loss + c.loss.vq * aux["vq_loss"]
+    gan_weight = jnp.zeros(())
+    if c.loss.gan:
+      # VQGAN's adaptive weight: balance the gradient norms of the two losses
+      # at the decoder's last layer.
+      conv_out = tok.decoder.conv_out
+      feats = jax.lax.stop_gradient(aux["last_features"])
+      kernel, bias = params["decoder"]["conv_out"]["kernel"], params["decoder"]["conv_out"]["bias"]
+      dmodel = nnx.merge(self.disc_def, disc)
+      g_of = lambda loss_fn: jax.grad(lambda k: loss_fn(conv_out.apply(feats, k, bias).astype(jnp.float32)))(kernel)
+      g_rec = g_of(lambda r: self._reconstruction_loss(r, x))
+      g_gan = g_of(lambda r: losses.hinge_g_loss(dmodel(r)))
+      factor = losses.gan_start_factor(step, c.loss.gan_start) * c.loss.gan
+      gan_weight = factor * losses.adaptive_gan_weight(jnp.linalg.norm(g_rec), jnp.linalg.norm(g_gan),
+                                                       c.loss.adaptive_max)
+      loss = loss + gan_weight * losses.hinge_g_loss(dmodel(rec))
+    out = dict(rec=rec, hits=aux["hits"], latent=aux["latent"], rec_loss=rec_loss,
+               vq_loss=aux["vq_loss"], gan_weight=gan_weight)
+    return loss, out
+
+  def _disc_loss(self, disc, x, rec):
+    d = nnx.merge(self.disc_def, disc)
+    return losses.hinge_d_loss(d(x), d(jax.lax.stop_gradient(rec)))
+
+  # The update step.
+  def _step(self, state, frames):
+    c = self.config
+    step = state["step"]
+    rng = jax.random.fold_in(jax.random.key(c.seed), step)
+    x = common.to_unit_range(frames.reshape(-1, *frames.shape[2:]))  # clips -> frames
+    micro = common.split_micro(x, c.grad_accum)
+
+    def accumulate(carry, xs):
+      xm, i = xs
+      (loss, out), g = jax.value_and_grad(self._losses, has_aux=True)(
+          state["params"], state["disc"], xm, jax.random.fold_in(rng, i), step)
+      dl, dg = (jax.value_and_grad(self._disc_loss)(state["disc"], xm, out["rec"]) if c.loss.gan
+                else (jnp.zeros(()), jax.tree.map(jnp.zeros_like, state["disc"])))
+      figures = dict(loss=loss, rec_loss=out["rec_loss"], vq_loss=out["vq_loss"],
+                     gan_weight=out["gan_weight"], disc_loss=dl)
+      add = lambda a, b: jax.tree.map(jnp.add, a, b)
+      carry = add(carry, (g, dg, figures, out["hits"].astype(jnp.float32)))
+      return carry, out["latent"][:, ::2, ::2].reshape(-1, out["latent"].shape[-1])
+
+    zeros = jax.tree.map(jnp.zeros_like, (state["params"], state["disc"]))
+    fig0 = {k: jnp.zeros(()) for k in ("loss", "rec_loss", "vq_loss", "gan_weight", "disc_loss")}
+    hits0 = jnp.zeros((self.num_scales, self.vocab))
+    (grads, dgrads, figures, hits), latents = jax.lax.scan(
+        accumulate, (*zeros, fig0, hits0), (micro, jnp.arange(c.grad_accum)))
+    grads, dgrads, figures = jax.tree.map(lambda a: a / c.grad_accum, (grads, dgrads, figures))
+
+    updates, opt = self.tx.update(grads, state["opt"], state["params"])
+    params = optax.apply_updates(state["params"], updates)
+    d_updates, disc_opt = self.dtx.update(dgrads, state["disc_opt"], state["disc"])
+    disc = optax.apply_updates(state["disc"], d_updates)
+    # The discriminator trains only once the GAN loss is on.
+    gan_on = losses.gan_start_factor(step, c.loss.gan_start) * c.loss.gan > 0
+    disc, disc_opt = common.select(gan_on, (disc, disc_opt), (state["disc"], state["disc_opt"]))
+
+    # Dead codes come back as latent vectors of this batch.
+    usage = state["usage"] * c.codebook.usage_decay + hits.sum(0) * (1 - c.codebook.usage_decay)
+    revive = (c.codebook.revive_every > 0) & ((step + 1) % max(c.codebook.revive_every, 1) == 0)
+    cands = latents.reshape(-1, latents.shape[-1])
+    book, n_revived = qz.revive_dead_codes(params["quantizer"]["codebook"], usage, cands,
+                                           jax.random.fold_in(rng, c.grad_accum), c.codebook.revive_threshold)
+    params["quantizer"]["codebook"] = jnp.where(revive, book, params["quantizer"]["codebook"])
+    usage = jnp.where(revive & (usage < c.codebook.revive_threshold), 1.0, usage)
+
+    # NaN/inf guard: a non-finite step leaves the state as it was.
+    ok = common.all_finite(grads, dgrads, figures["loss"])
+    new = dict(step=step + 1, params=params, opt=opt, disc=disc, disc_opt=disc_opt, usage=usage,
+               ema=common.ema_update(state["ema"], params, c.ema_decay))
+    new = common.select(ok, new, dict(state, step=step + 1))
+    figures.update(grad_norm=optax.tree.norm(grads), nonfinite=1.0 - ok.astype(jnp.float32),
+                   revived=jnp.where(revive, n_revived, 0).astype(jnp.float32))
+    return new, figures
+
+  # Evaluation.
+  def _evaluate(self, params, frames):
+    """PSNR and MS-SSIM of every prefix, code hits per scale, and a reconstruction grid."""
+    tok = nnx.merge(self.tok_def, params)
+    x = common.to_unit_range(frames.reshape(-1, *frames.shape[2:]))
+    tokens = tok.encode(x)
+    psnr, ssim, recs = [], [], []
+    for k in range(1, self.num_scales + 1):
+      rec = tok.decode(tokens[:k], x.shape[1], x.shape[2])
+      mse = jnp.mean(jnp.square((rec - x) / 2.0), axis=(1, 2, 3))
+      psnr.append(jnp.mean(10 * jnp.log10(1.0 / jnp.maximum(mse, 1e-10))))
+      ssim.append(jnp.mean(losses.ms_ssim(rec, x, weights=self.msssim_w)))
+      recs.append(rec)
+    hits = jnp.stack([jnp.bincount(t.reshape(-1), length=self.vocab) for t in tokens])
+    n = min(4, x.shape[0])
+    mid = recs[(self.num_scales - 1) // 2]
+    grid = jnp.concatenate([jnp.concatenate([x[i], mid[i], recs[-1][i]], axis=1) for i in range(n)], axis=0)
+    return dict(psnr=jnp.stack(psnr), ms_ssim=jnp.stack(ssim), hits=hits,
+                grid=((grid + 1) * 127.5).clip(0, 255).astype(jnp.uint8))
+
+
+def load_initial_params(path: str, abstract_params: dict) -> dict:
+  """Weights of a parameter checkpoint (e.g. a converted VAR tokenizer), checked against the model."""
+  _, params = checkpointing.load_params(path, "tokenizer")
+  ours = dict(jax.tree_util.tree_flatten_with_path(abstract_params)[0])
+  theirs = dict(jax.tree_util.tree_flatten_with_path(params)[0])
+  bad = sorted(jax.tree_util.keystr(k) for k in set(ours) | set(theirs)
+               if k not in ours or k not in theirs or ours[k].shape != theirs[k].shape)
+  if bad:
+    raise ValueError(f"{path} does not fit the configured tokenizer: {', '.join(bad[:5])}")
+  return jax.tree.map(lambda _, k: theirs[k], abstract_params,
+                      jax.tree_util.tree_map_with_path(lambda k, _: k, abstract_params))
+
+
+def make_input(config, seed: int, shard_index: int, shard_count: int, worker_count: int):
+  """This process's grain iterator of uint8 clip batches (B / processes, T, crop, crop, 3)."""
+  from progvc_jax.data import pipeline  # video decoding is needed only when training
+
+  local = config.batch_size // shard_count
+  return pipeline.default_dataset(
+      extra_videos=tuple(config.data.videos), clip_len=config.data.clip_len,
+      crop=(config.data.crop, config.data.crop), batch_size=local, seed=seed,
+      num_photo_clips=config.data.num_photo_clips, shard_index=shard_index,
+      shard_count=shard_count, worker_count=worker_count)
+
+
+def train_and_evaluate(config, workdir: str, stop_at: int | None = None):
+  """Trains from scratch or resumes from the latest checkpoint in `workdir`.
+
+  stop_at: end this run after that step with a checkpoint (a time-boxed job);
+  the next run resumes from it.
+  """
+  # --- Mesh.
+  mesh = sharding.make_mesh(config.mesh)
+  if config.batch_size % (jax.process_count() * config.grad_accum):
+    raise ValueError(f"batch_size {config.batch_size} must divide by processes x grad_accum")
+  crop, pixel_tile = config.data.crop, 2 ** (len(config.model["ch_mult"]) - 1) * config.model["tile"]
+  if crop % pixel_tile:
+    raise ValueError(f"data.crop {crop} must be a multiple of the pixel tile {pixel_tile}")
+  logging.info("mesh %s on %d devices, %d processes", dict(mesh.shape), jax.device_count(), jax.process_count())
+
+  # --- Input.
+  pid, nproc = jax.process_index(), jax.process_count()
+  train_iter = iter(make_input(config, config.seed, pid, nproc, config.data.worker_count))
+  eval_iter = iter(make_input(config, config.seed + 1, pid, nproc, 0))
+  eval_batches = [next(eval_iter) for _ in range(config.eval_batches)]
+
+  # --- Model, shardings and compiled steps.
+  trainer = Trainer(config, mesh)
+
+  # --- Checkpoints: resume, or start fresh (optionally from given weights).
+  manager = checkpointing.train_manager(workdir, config.keep_ckpts)
+  state = checkpointing.restore_train(manager, trainer.abstract, train_iter)
+  if state is None:
+    state = trainer.init(jax.random.key(config.seed))
+    if config.init_from:
+      init = load_initial_params(config.init_from, state["params"])
+      init = jax.device_put(init, trainer.shardings["params"])
+      state = dict(state, params=init, ema=jax.tree.map(jnp.copy, init))
+      logging.info("tokenizer initialised from %s", config.init_from)
+  first = int(state["step"])
+  logging.info("starting at step %d of %d", first, config.total_steps)
+
+  # --- Metrics.
+  writer = metric_writers.create_default_writer(workdir, just_logging=pid > 0)
+  progress = common.Progress(config.total_steps, config.batch_size, first)
+  Collection = metrics.Collection.create(**{
+      k: metrics.Average.from_output(k) for k in
+      ("loss", "rec_loss", "vq_loss", "gan_weight", "disc_loss", "grad_norm", "nonfinite", "revived")})
+  window, nonfinite_run = None, 0
+
+  # --- Loop.
+  last = config.total_steps if stop_at is None else min(stop_at, config.total_steps)
+  for step in range(first + 1, last + 1):
+    with jax.profiler.StepTraceAnnotation("train", step_num=step):
+      batch = common.device_batch(mesh, next(train_iter))
+      state, figures = trainer.step(state, batch)
+    update = Collection.single_from_model_output(**figures)
+    window = update if window is None else window.merge(update)
+
+    if step % config.log_every == 0 or step == config.total_steps:
+      scalars = {k: float(v) for k, v in window.compute().items()}
+      window = None
+      nonfinite_run = nonfinite_run + 1 if scalars["nonfinite"] == 1.0 else 0
+      scalars.update(progress.report(step, scalars))
+      writer.write_scalars(step, scalars)
+      if nonfinite_run >= 3:
+        raise FloatingPointError(f"step {step}: the loss or gradients were not finite for "
+                                 f"{3 * config.log_every} steps; lower optimizer.lr or use float32")
+
+    if step % config.eval_every == 0 or step == config.total_steps:
+      run_eval(trainer, state, eval_batches, mesh, writer, step)
+
+    if step % config.ckpt_every == 0 or step == last:
+      checkpointing.save_train(manager, step, state, train_iter)
+  manager.wait_until_finished()
+  writer.flush()
+  return state
+
+
+def run_eval(trainer, state, eval_batches, mesh, writer, step):
+  results = [trainer.evaluate(state["ema"], common.device_batch(mesh, b)) for b in eval_batches]
+  psnr = np.mean([np.asarray(r["psnr"]) for r in results], axis=0)
+  ssim = np.mean([np.asarray(r["ms_ssim"]) for r in results], axis=0)
+  hits = np.sum([np.asarray(r["hits"]) for r in results], axis=0)
+  usage = qz.codebook_usage(jnp.asarray(hits))
+  scalars = {"eval/psnr": psnr[-1], "eval/ms_ssim": ssim[-1]}
+  for k in range(len(psnr)):
+    scalars[f"eval/psnr_scale{k + 1}"] = psnr[k]
+    scalars[f"eval/perplexity_scale{k + 1}"] = float(usage["perplexity"][k])
+    scalars[f"eval/unused_scale{k + 1}"] = float(usage["unused"][k])
+  writer.write_scalars(step, scalars)
+  writer.write_images(step, {"eval/source_mid_full": np.asarray(results[0]["grid"])[None]})
+  logging.info("eval step %d: PSNR %.2f dB (scale 1: %.2f), MS-SSIM %.4f, unused codes at the last scale %.0f%%",
+               step, psnr[-1], psnr[0], ssim[-1], 100 * float(usage["unused"][-1]))
+  return scalars

@@ -1,0 +1,178 @@
+"""The tokenizer trainer on 8 simulated devices: learning, accumulation, guards, resume, re-meshing."""
+
+import glob
+import os
+import subprocess
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from skimage import data as skdata
+
+from configs import tokenizer as tokenizer_config
+from progvc_jax import checkpointing, sharding
+from progvc_jax.trainers import tokenizer as trainer_lib
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+# A small tokenizer (2 levels, 4 x 4 latent tiles, 4 scales) on 32 x 32 crops:
+# the trainer's code paths at a compile time the test suite can afford. The
+# command-line test passes the same values as flags, so it reuses the
+# compiled step from the on-disk cache.
+SMALL = {
+    "model.ch": 8, "model.ch_mult": (1, 2), "model.z_channels": 8, "model.norm_groups": 8,
+    "model.vocab_size": 128, "model.tile": 4, "disc.ch": 8, "disc.norm_groups": 8,
+    "data.crop": 32, "data.num_photo_clips": 16, "data.worker_count": 0,
+    "batch_size": 8, "total_steps": 4, "optimizer.lr": 2e-3, "optimizer.warmup_steps": 1,
+    "random_prefix": 0.0, "mesh": (2, 2, 2),
+    "log_every": 2, "eval_every": 1000, "ckpt_every": 2, "eval_batches": 1,
+}
+
+
+def small_config(**overrides):
+  c = tokenizer_config.get_config("tiny,runlocal")
+  for k, v in {**SMALL, **overrides}.items():
+    target = c
+    *path, last = k.split(".")
+    for p in path:
+      target = target[p]
+    target[last] = v
+  return c
+
+
+def photo_batch(n=8, size=32):
+  photos = [skdata.astronaut(), skdata.coffee(), skdata.chelsea(), skdata.rocket()]
+  crops = [photos[i % 4][20 * i:20 * i + size, 30 * i:30 * i + size] for i in range(n)]
+  return np.stack(crops)[:, None]  # (B, T=1, H, W, 3) uint8
+
+
+@pytest.fixture(scope="module")
+def mesh222():
+  return sharding.make_mesh((2, 2, 2))
+
+
+@pytest.fixture(scope="module")
+def base(mesh222):
+  """A trainer on a (data=2, fsdp=2, model=2) mesh and a fixed batch of photo crops."""
+  trainer = trainer_lib.Trainer(small_config(), mesh222)
+  return trainer, jax.device_put(photo_batch(), sharding.batch_sharding(mesh222, 5))
+
+
+def test_sharded_steps_lower_the_loss(base):
+  trainer, batch = base
+  state = trainer.init(jax.random.key(0))
+  losses = []
+  for _ in range(12):
+    state, figures = trainer.step(state, batch)
+    losses.append(float(figures["loss"]))
+  assert int(state["step"]) == 12
+  assert losses[-1] < 0.8 * losses[0], losses
+  # The state stays on the shardings the rules give.
+  for arr, sh in zip(jax.tree.leaves(state), jax.tree.leaves(trainer.shardings)):
+    assert arr.sharding.is_equivalent_to(sh, arr.ndim)
+
+
+def test_gradient_accumulation_matches_one_batch(base, mesh222):
+  trainer, batch = base
+  two = trainer_lib.Trainer(small_config(grad_accum=2), mesh222)
+  params, figures = [], []
+  for t in (trainer, two):
+    state = t.init(jax.random.key(0))
+    for _ in range(2):  # the first step has learning rate 0 (warmup)
+      state, fig = t.step(state, batch)
+    params.append(jax.device_get(state["params"]))
+    figures.append({k: float(v) for k, v in fig.items()})
+  # The same loss and gradient as one batch (not a sum over micro-batches).
+  for k in ("loss", "rec_loss", "vq_loss", "grad_norm"):
+    np.testing.assert_allclose(figures[1][k], figures[0][k], rtol=1e-4, err_msg=k)
+  # Adam normalises each gradient element, so elements whose gradient is float
+  # noise may step differently; every element stays within one step (lr).
+  for a, b in zip(jax.tree.leaves(params[0]), jax.tree.leaves(params[1])):
+    np.testing.assert_allclose(a, b, atol=SMALL["optimizer.lr"], rtol=0)
+
+
+def test_nonfinite_step_is_rejected(base):
+  trainer, batch = base
+  state = trainer.init(jax.random.key(0))
+  state["params"]["decoder"]["conv_out"]["bias"] = state["params"]["decoder"]["conv_out"]["bias"].at[0].set(jnp.nan)
+  before = jax.device_get(state)
+  state, figures = trainer.step(state, batch)
+  assert float(figures["nonfinite"]) == 1.0 and int(state["step"]) == 1
+  after = jax.device_get(state)
+  for key in ("params", "opt", "ema", "disc", "usage"):
+    for a, b in zip(jax.tree.leaves(before[key]), jax.tree.leaves(after[key])):
+      np.testing.assert_array_equal(a, b)
+
+
+def test_bfloat16_and_gan_step(mesh222):
+  config = small_config(compute_dtype="bfloat16", **{"loss.gan": 0.5, "loss.gan_start": 0})
+  trainer = trainer_lib.Trainer(config, mesh222)
+  state = trainer.init(jax.random.key(0))
+  disc0 = jax.device_get(state["disc"])
+  batch = jax.device_put(photo_batch(), sharding.batch_sharding(mesh222, 5))
+  for _ in range(2):  # the first step has learning rate 0 (warmup)
+    state, figures = trainer.step(state, batch)
+  assert np.isfinite(float(figures["loss"])) and float(figures["nonfinite"]) == 0.0
+  assert float(figures["gan_weight"]) > 0 and float(figures["disc_loss"]) > 0
+  moved = [np.abs(a - b).max() for a, b in zip(jax.tree.leaves(disc0), jax.tree.leaves(jax.device_get(state["disc"])))]
+  assert max(moved) > 0  # the discriminator trains once the GAN is on
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+  """An uninterrupted 4-step run, and one stopped after step 2 then resumed."""
+  config = small_config()
+  root = tmp_path_factory.mktemp("runs")
+  full = trainer_lib.train_and_evaluate(config, str(root / "full"))
+  trainer_lib.train_and_evaluate(config, str(root / "resumed"), stop_at=2)
+  assert sorted(os.listdir(root / "resumed" / "checkpoints")) == ["2"]
+  resumed = trainer_lib.train_and_evaluate(config, str(root / "resumed"))
+  return config, root, jax.device_get(full), jax.device_get(resumed)
+
+
+def test_resume_equals_uninterrupted_run(runs):
+  config, root, full, resumed = runs
+  assert int(full["step"]) == int(resumed["step"]) == 4
+  for a, b in zip(jax.tree.leaves(full), jax.tree.leaves(resumed)):
+    np.testing.assert_array_equal(a, b)
+  # The checkpointed data iterator continues where the run left off.
+  fresh = iter(trainer_lib.make_input(config, config.seed, 0, 1, 0))
+  uninterrupted = [next(fresh) for _ in range(4)]
+  restored = iter(trainer_lib.make_input(config, config.seed, 0, 1, 0))
+  trainer = trainer_lib.Trainer(config, sharding.make_mesh(config.mesh))
+  checkpointing.restore_train(checkpointing.train_manager(str(root / "resumed"), 3), trainer.abstract,
+                              restored, step=2)
+  np.testing.assert_array_equal(next(restored), uninterrupted[2])
+  np.testing.assert_array_equal(next(restored), uninterrupted[3])
+  # Summaries were written for TensorBoard.
+  assert glob.glob(str(root / "full" / "events.out.tfevents.*"))
+
+
+@pytest.mark.parametrize("devices", [4, 1])
+def test_restore_onto_another_mesh(runs, devices):
+  config, root, full, _ = runs
+  mesh = sharding.make_mesh((devices, 1, 1), devices=jax.devices()[:devices])
+  trainer = trainer_lib.Trainer(config, mesh)
+  state = checkpointing.restore_train(checkpointing.train_manager(str(root / "full"), 3), trainer.abstract, None)
+  for a, b in zip(jax.tree.leaves(state), jax.tree.leaves(full)):
+    assert len(a.sharding.device_set) == devices
+    np.testing.assert_array_equal(np.asarray(a), b)
+
+
+def test_train_command_line(tmp_path):
+  flags = [f"--config.{k}={v}" for k, v in SMALL.items() if k != "eval_every"] + ["--config.eval_every=4"]
+  run = subprocess.run(
+      [sys.executable, "-m", "progvc_jax.train", "--config", os.path.join(ROOT, "configs", "tokenizer.py") + ":tiny,runlocal",
+       "--workdir", str(tmp_path), *flags],
+      capture_output=True, text=True, cwd=ROOT, timeout=600)
+  assert run.returncode == 0, run.stderr[-3000:]
+  assert "steps/s" in run.stderr and "ETA" in run.stderr and "eval step 4" in run.stderr
+  assert sorted(os.listdir(tmp_path / "checkpoints")) == ["2", "4"]
+  assert glob.glob(str(tmp_path / "events.out.tfevents.*"))
+  bad = subprocess.run([sys.executable, "-m", "progvc_jax.train", "--config",
+                        os.path.join(ROOT, "configs", "tokenizer.py") + ":huge", "--workdir", str(tmp_path / "x")],
+                       capture_output=True, text=True, cwd=ROOT, timeout=300)
+  assert bad.returncode != 0 and "unknown tokenizer variant 'huge'" in bad.stderr

@@ -1,0 +1,73 @@
+"""Compiles a training step ahead of time for a mesh and reports its memory per device.
+
+  python tools/aot_compile.py --config configs/tokenizer.py:base --devices 8 --mesh 2,2,2
+
+On a CPU the devices are simulated (--devices sets XLA's host device count),
+so sharding errors and the per-device footprint of a mesh show up before
+any accelerator is booked. Nothing is run: the step is lowered against
+abstract inputs (shapes and shardings only) and compiled.
+"""
+
+import json
+import os
+import sys
+
+from absl import app, flags
+from ml_collections import config_flags
+
+config_flags.DEFINE_config_file("config", None, "Config file, e.g. configs/tokenizer.py:base.")
+flags.DEFINE_integer("devices", 8, "Simulated CPU devices (ignored on accelerators).")
+flags.DEFINE_string("mesh", None, "Mesh sizes data,fsdp,model (default: the config's).")
+flags.DEFINE_integer("batch", 0, "Global batch (default: the config's).")
+FLAGS = flags.FLAGS
+
+
+def _gib(n) -> str:
+  return f"{n / 2**30:.3f} GiB"
+
+
+def main(argv):
+  del argv
+  if FLAGS.config is None:
+    sys.exit("aot_compile: --config is required")
+  os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "")
+                             + f" --xla_force_host_platform_device_count={FLAGS.devices}")
+  import jax  # after XLA_FLAGS, so the simulated device count applies
+
+  from progvc_jax import sharding
+  from progvc_jax.trainers import tokenizer as trainer_lib
+
+  config = FLAGS.config.unlocked() if hasattr(FLAGS.config, "unlocked") else FLAGS.config
+  if FLAGS.mesh:
+    config.mesh = tuple(int(s) for s in FLAGS.mesh.split(","))
+  if FLAGS.batch:
+    config.batch_size = FLAGS.batch
+  try:
+    mesh = sharding.make_mesh(config.mesh)
+    trainer = trainer_lib.Trainer(config, mesh)
+  except ValueError as e:
+    sys.exit(f"aot_compile: {e}")
+  crop, t = config.data.crop, config.data.clip_len
+  batch = jax.ShapeDtypeStruct((config.batch_size, t, crop, crop, 3), jax.numpy.uint8,
+                               sharding=sharding.batch_sharding(mesh, 5))
+  compiled = trainer.step.lower(trainer.abstract, batch).compile()
+  mem = compiled.memory_analysis()
+  cost = compiled.cost_analysis()
+  cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+  report = dict(
+      mesh=dict(mesh.shape), platform=jax.devices()[0].platform, batch=config.batch_size, crop=crop,
+      flops_per_step_per_device=float(cost.get("flops", 0.0)) if cost else None,
+      argument_bytes=mem.argument_size_in_bytes, output_bytes=mem.output_size_in_bytes,
+      temp_bytes=mem.temp_size_in_bytes, alias_bytes=mem.alias_size_in_bytes,
+      generated_code_bytes=mem.generated_code_size_in_bytes)
+  peak = mem.argument_size_in_bytes + mem.output_size_in_bytes + mem.temp_size_in_bytes - mem.alias_size_in_bytes
+  report["peak_bytes_per_device"] = peak
+  print(f"compiled the {config.stage} step on mesh {dict(mesh.shape)} ({report['platform']}), "
+        f"global batch {config.batch_size} of {t}x{crop}x{crop}")
+  print(f"  per device: arguments {_gib(mem.argument_size_in_bytes)}, temporaries {_gib(mem.temp_size_in_bytes)}, "
+        f"peak about {_gib(peak)}")
+  print(json.dumps(report))
+
+
+if __name__ == "__main__":
+  app.run(main)
