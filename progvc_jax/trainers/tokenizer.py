@@ -146,23 +146,20 @@ class Trainer:
     x = common.to_unit_range(frames.reshape(-1, *frames.shape[2:]))  # clips -> frames
     micro = common.split_micro(x, c.grad_accum)
 
-    def accumulate(carry, xs):
-      xm, i = xs
+    # Micro-batches are unrolled: a handful at most, and XLA:CPU runs a loop
+    # body far slower than the same ops unrolled.
+    grads = dgrads = figures = hits = None
+    latents = []
+    for i in range(c.grad_accum):
       (loss, out), g = jax.value_and_grad(self._losses, has_aux=True)(
-          state["params"], state["disc"], xm, jax.random.fold_in(rng, i), step)
-      dl, dg = (jax.value_and_grad(self._disc_loss)(state["disc"], xm, out["rec"]) if c.loss.gan
+          state["params"], state["disc"], micro[i], jax.random.fold_in(rng, i), step)
+      dl, dg = (jax.value_and_grad(self._disc_loss)(state["disc"], micro[i], out["rec"]) if c.loss.gan
                 else (jnp.zeros(()), jax.tree.map(jnp.zeros_like, state["disc"])))
-      figures = dict(loss=loss, rec_loss=out["rec_loss"], vq_loss=out["vq_loss"],
-                     gan_weight=out["gan_weight"], disc_loss=dl)
-      add = lambda a, b: jax.tree.map(jnp.add, a, b)
-      carry = add(carry, (g, dg, figures, out["hits"].astype(jnp.float32)))
-      return carry, out["latent"][:, ::2, ::2].reshape(-1, out["latent"].shape[-1])
-
-    zeros = jax.tree.map(jnp.zeros_like, (state["params"], state["disc"]))
-    fig0 = {k: jnp.zeros(()) for k in ("loss", "rec_loss", "vq_loss", "gan_weight", "disc_loss")}
-    hits0 = jnp.zeros((self.num_scales, self.vocab))
-    (grads, dgrads, figures, hits), latents = jax.lax.scan(
-        accumulate, (*zeros, fig0, hits0), (micro, jnp.arange(c.grad_accum)))
+      fig = dict(loss=loss, rec_loss=out["rec_loss"], vq_loss=out["vq_loss"],
+                 gan_weight=out["gan_weight"], disc_loss=dl)
+      part = (g, dg, fig, out["hits"].astype(jnp.float32))
+      grads, dgrads, figures, hits = part if i == 0 else jax.tree.map(jnp.add, (grads, dgrads, figures, hits), part)
+      latents.append(out["latent"][:, ::2, ::2].reshape(-1, out["latent"].shape[-1]))
     grads, dgrads, figures = jax.tree.map(lambda a: a / c.grad_accum, (grads, dgrads, figures))
 
     updates, opt = self.tx.update(grads, state["opt"], state["params"])
@@ -176,7 +173,7 @@ class Trainer:
     # Dead codes come back as latent vectors of this batch.
     usage = state["usage"] * c.codebook.usage_decay + hits.sum(0) * (1 - c.codebook.usage_decay)
     revive = (c.codebook.revive_every > 0) & ((step + 1) % max(c.codebook.revive_every, 1) == 0)
-    cands = latents.reshape(-1, latents.shape[-1])
+    cands = jnp.concatenate(latents)
     book, n_revived = qz.revive_dead_codes(params["quantizer"]["codebook"], usage, cands,
                                            jax.random.fold_in(rng, c.grad_accum), c.codebook.revive_threshold)
     params["quantizer"]["codebook"] = jnp.where(revive, book, params["quantizer"]["codebook"])
