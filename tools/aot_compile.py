@@ -37,7 +37,7 @@ def main(argv):
   from progvc_jax import sharding
   from progvc_jax.trainers import tokenizer as trainer_lib
 
-  config = FLAGS.config.unlocked() if hasattr(FLAGS.config, "unlocked") else FLAGS.config
+  config = FLAGS.config
   if FLAGS.mesh:
     config.mesh = tuple(int(s) for s in FLAGS.mesh.split(","))
   if FLAGS.batch:
