@@ -11,8 +11,6 @@ back into modules with `nnx.merge(graphdef, params)` inside the jitted step);
 codes are brought back.
 """
 
-import functools
-import os
 
 import jax
 import jax.numpy as jnp

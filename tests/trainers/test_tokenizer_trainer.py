@@ -176,3 +176,22 @@ def test_train_command_line(tmp_path):
                         os.path.join(ROOT, "configs", "tokenizer.py") + ":huge", "--workdir", str(tmp_path / "x")],
                        capture_output=True, text=True, cwd=ROOT, timeout=300)
   assert bad.returncode != 0 and "unknown tokenizer variant 'huge'" in bad.stderr
+
+
+def test_init_from_parameter_checkpoint(tmp_path):
+  from flax import nnx
+  from progvc_jax.models.tokenizer import Tokenizer
+
+  model_args = dict(small_config().model)
+  params = nnx.to_pure_dict(nnx.state(Tokenizer(**model_args, rngs=nnx.Rngs(3)), nnx.Param))
+  checkpointing.save_params(str(tmp_path / "tok"), params, "tokenizer", model_args)
+  abstract = nnx.to_pure_dict(nnx.state(nnx.eval_shape(lambda: Tokenizer(**model_args, rngs=nnx.Rngs(0))), nnx.Param))
+  loaded = trainer_lib.load_initial_params(str(tmp_path / "tok"), abstract)
+  for a, b in zip(jax.tree.leaves(params), jax.tree.leaves(loaded)):
+    np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+  other = dict(model_args, z_channels=16)
+  wrong = nnx.to_pure_dict(nnx.state(nnx.eval_shape(lambda: Tokenizer(**other, rngs=nnx.Rngs(0))), nnx.Param))
+  with pytest.raises(ValueError, match="does not fit the configured tokenizer"):
+    trainer_lib.load_initial_params(str(tmp_path / "tok"), wrong)
+  with pytest.raises(FileNotFoundError, match="not a progvc parameter checkpoint"):
+    trainer_lib.load_initial_params(str(tmp_path / "nothing"), abstract)
