@@ -78,8 +78,8 @@ def save_params(directory: str, params: dict, kind: str, model: dict) -> None:
     shutil.rmtree(tmp, ignore_errors=True)
 
 
-def load_params(directory: str, kind: str) -> tuple[dict, dict]:
-  """Returns (model constructor arguments, params as a nested dict)."""
+def load_model_args(directory: str, kind: str) -> dict:
+  """The model constructor arguments a parameter checkpoint records."""
   meta_path = os.path.join(directory, "progvc.json")
   try:
     with open(meta_path) as f:
@@ -90,9 +90,15 @@ def load_params(directory: str, kind: str) -> tuple[dict, dict]:
     raise ValueError(f"{meta_path} is corrupt: {e}") from None
   if meta.get("format") != FORMAT or meta.get("kind") != kind:
     raise ValueError(f"{directory} holds a {meta.get('kind')!r} checkpoint, not a {kind!r} one")
+  return meta["model"]
+
+
+def load_params(directory: str, kind: str) -> tuple[dict, dict]:
+  """Returns (model constructor arguments, params as a nested dict)."""
+  model_args = load_model_args(directory, kind)
   with ocp.StandardCheckpointer() as ckpt:
     params = ckpt.restore(os.path.abspath(os.path.join(directory, "params")))
-  return meta["model"], _int_keys(params)
+  return model_args, _int_keys(params)
 
 
 def _int_keys(tree):
@@ -102,14 +108,22 @@ def _int_keys(tree):
   return tree
 
 
+def load_params_like(directory: str, kind: str, like: dict) -> dict:
+  """The checkpoint's params, checked name by name and shape by shape against `like`."""
+  _, params = load_params(directory, kind)
+  ours = dict(jax.tree_util.tree_flatten_with_path(like)[0])
+  theirs = dict(jax.tree_util.tree_flatten_with_path(params)[0])
+  bad = sorted(jax.tree_util.keystr(k) for k in set(ours) | set(theirs)
+               if k not in ours or k not in theirs or ours[k].shape != theirs[k].shape)
+  if bad:
+    raise ValueError(f"{directory} does not fit the configured {kind}: {', '.join(bad[:5])}")
+  return jax.tree_util.tree_map_with_path(lambda k, _: theirs[k], like)
+
+
 def load_module(directory: str, kind: str, cls) -> nnx.Module:
-  """Builds `cls(**model)` and fills it with the checkpoint's weights."""
-  model_args, params = load_params(directory, kind)
-  module = cls(**model_args, rngs=nnx.Rngs(0))
+  """Builds `cls(**model)` from the checkpoint's arguments and fills in its weights."""
+  module = cls(**load_model_args(directory, kind), rngs=nnx.Rngs(0))
   state = nnx.state(module, nnx.Param)
-  try:
-    nnx.replace_by_pure_dict(state, params)
-  except (KeyError, ValueError) as e:
-    raise ValueError(f"{directory}: weights do not fit {cls.__name__}({model_args}): {e}") from None
+  nnx.replace_by_pure_dict(state, load_params_like(directory, kind, nnx.to_pure_dict(state)))
   nnx.update(module, state)
   return module

@@ -207,19 +207,6 @@ class Trainer:
                 grid=((grid + 1) * 127.5).clip(0, 255).astype(jnp.uint8))
 
 
-def load_initial_params(path: str, abstract_params: dict) -> dict:
-  """Weights of a parameter checkpoint (e.g. a converted VAR tokenizer), checked against the model."""
-  _, params = checkpointing.load_params(path, "tokenizer")
-  ours = dict(jax.tree_util.tree_flatten_with_path(abstract_params)[0])
-  theirs = dict(jax.tree_util.tree_flatten_with_path(params)[0])
-  bad = sorted(jax.tree_util.keystr(k) for k in set(ours) | set(theirs)
-               if k not in ours or k not in theirs or ours[k].shape != theirs[k].shape)
-  if bad:
-    raise ValueError(f"{path} does not fit the configured tokenizer: {', '.join(bad[:5])}")
-  return jax.tree.map(lambda _, k: theirs[k], abstract_params,
-                      jax.tree_util.tree_map_with_path(lambda k, _: k, abstract_params))
-
-
 def make_input(config, seed: int, shard_index: int, shard_count: int, worker_count: int):
   """This process's grain iterator of uint8 clip batches (B / processes, T, crop, crop, 3)."""
   from progvc_jax.data import pipeline  # video decoding is needed only when training
@@ -262,7 +249,7 @@ def train_and_evaluate(config, workdir: str, stop_at: int | None = None):
   if state is None:
     state = trainer.init(jax.random.key(config.seed))
     if config.init_from:
-      init = load_initial_params(config.init_from, state["params"])
+      init = checkpointing.load_params_like(config.init_from, "tokenizer", state["params"])
       init = jax.device_put(init, trainer.shardings["params"])
       state = dict(state, params=init, ema=jax.tree.map(jnp.copy, init))
       logging.info("tokenizer initialised from %s", config.init_from)

@@ -186,12 +186,12 @@ def test_init_from_parameter_checkpoint(tmp_path):
   params = nnx.to_pure_dict(nnx.state(Tokenizer(**model_args, rngs=nnx.Rngs(3)), nnx.Param))
   checkpointing.save_params(str(tmp_path / "tok"), params, "tokenizer", model_args)
   abstract = nnx.to_pure_dict(nnx.state(nnx.eval_shape(lambda: Tokenizer(**model_args, rngs=nnx.Rngs(0))), nnx.Param))
-  loaded = trainer_lib.load_initial_params(str(tmp_path / "tok"), abstract)
+  loaded = checkpointing.load_params_like(str(tmp_path / "tok"), "tokenizer", abstract)
   for a, b in zip(jax.tree.leaves(params), jax.tree.leaves(loaded)):
     np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
   other = dict(model_args, z_channels=16)
   wrong = nnx.to_pure_dict(nnx.state(nnx.eval_shape(lambda: Tokenizer(**other, rngs=nnx.Rngs(0))), nnx.Param))
   with pytest.raises(ValueError, match="does not fit the configured tokenizer"):
-    trainer_lib.load_initial_params(str(tmp_path / "tok"), wrong)
+    checkpointing.load_params_like(str(tmp_path / "tok"), "tokenizer", wrong)
   with pytest.raises(FileNotFoundError, match="not a progvc parameter checkpoint"):
-    trainer_lib.load_initial_params(str(tmp_path / "nothing"), abstract)
+    checkpointing.load_params_like(str(tmp_path / "nothing"), "tokenizer", abstract)
