@@ -8,8 +8,10 @@ run resumes at the same step with the same data order.
 
 A parameter checkpoint is a folder with `progvc.json` (what model, with which
 constructor arguments) and `params/` (an Orbax checkpoint of the weights as a
-plain nested dict). The trainers start from one (a converted VAR tokenizer, a
-frozen tokenizer for the context model) and export reads them.
+plain nested dict). A training workdir carries the same `progvc.json`, so
+wherever weights are read (`load_params`: a frozen tokenizer for the context
+model, an initial tokenizer, export) either folder works; from a workdir the
+EMA weights of its latest checkpoint are read.
 """
 
 import json
@@ -78,8 +80,25 @@ def save_params(directory: str, params: dict, kind: str, model: dict) -> None:
     shutil.rmtree(tmp, ignore_errors=True)
 
 
+def write_run_info(workdir: str, kind: str, model: dict) -> None:
+  """Records in a training workdir what model it trains (read back by load_params)."""
+  os.makedirs(workdir, exist_ok=True)
+  path = os.path.join(workdir, "progvc.json")
+  with open(path + ".tmp", "w") as f:
+    json.dump({"format": FORMAT, "kind": kind, "model": _jsonable(model)}, f, indent=1)
+  os.replace(path + ".tmp", path)
+
+
+def _jsonable(tree):
+  if isinstance(tree, dict):
+    return {k: _jsonable(v) for k, v in tree.items()}
+  if isinstance(tree, (list, tuple)):
+    return [_jsonable(v) for v in tree]
+  return tree
+
+
 def load_model_args(directory: str, kind: str) -> dict:
-  """The model constructor arguments a parameter checkpoint records."""
+  """The model constructor arguments a parameter checkpoint or training workdir records."""
   meta_path = os.path.join(directory, "progvc.json")
   try:
     with open(meta_path) as f:
@@ -94,11 +113,28 @@ def load_model_args(directory: str, kind: str) -> dict:
 
 
 def load_params(directory: str, kind: str) -> tuple[dict, dict]:
-  """Returns (model constructor arguments, params as a nested dict)."""
+  """Returns (model constructor arguments, params as a nested dict of numpy arrays).
+
+  `directory` is a parameter checkpoint or a training workdir (then the EMA
+  weights of its latest checkpoint).
+  """
   model_args = load_model_args(directory, kind)
-  with ocp.StandardCheckpointer() as ckpt:
-    params = ckpt.restore(os.path.abspath(os.path.join(directory, "params")))
-  return model_args, _int_keys(params)
+  directory = os.path.abspath(directory)
+  if os.path.isdir(os.path.join(directory, "params")):
+    with ocp.StandardCheckpointer() as ckpt:
+      params = ckpt.restore(os.path.join(directory, "params"))
+    return model_args, _int_keys(params)
+  manager = ocp.CheckpointManager(os.path.join(directory, "checkpoints"), item_names=("state", "data"))
+  step = manager.latest_step()
+  if step is None:
+    raise FileNotFoundError(f"{directory} is a training workdir without a finished checkpoint yet")
+  path = os.path.join(directory, "checkpoints", str(step), "state")
+  with ocp.PyTreeCheckpointer() as ckpt:
+    ema = ckpt.metadata(path).item_metadata.tree["ema"]
+    as_numpy = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), ema)
+    state = ckpt.restore(path, args=ocp.args.PyTreeRestore(
+        item={"ema": ema}, restore_args={"ema": as_numpy}, partial_restore=True))
+  return model_args, _int_keys(state["ema"])
 
 
 def _int_keys(tree):

@@ -1,4 +1,5 @@
-"""Training entry point: `python -m progvc_jax.train --config configs/tokenizer.py:tiny --workdir DIR`.
+"""Training entry point: `python -m progvc_jax.train --config configs/tokenizer.py:tiny --workdir DIR`
+(or configs/context.py:tiny with `--config.tokenizer=TOKENIZER_WORKDIR`).
 
 Parses flags and hands over to the trainer of the config's stage. Rerunning
 with the same workdir resumes from its latest checkpoint.
@@ -10,9 +11,10 @@ import jax
 from absl import app, flags, logging
 from ml_collections import config_flags
 
+from progvc_jax.trainers import context as context_trainer
 from progvc_jax.trainers import tokenizer as tokenizer_trainer
 
-TRAINERS = {"tokenizer": tokenizer_trainer}
+TRAINERS = {"tokenizer": tokenizer_trainer, "context": context_trainer}
 
 config_flags.DEFINE_config_file("config", None, "Config file, e.g. configs/tokenizer.py:tiny.",
                                 lock_config=True)

@@ -7,8 +7,22 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 from absl import logging
+from clu import metrics
 
 from progvc_jax import sharding
+
+
+def make_input(config, seed: int, shard_index: int, shard_count: int, worker_count: int):
+  """This process's grain iterator of uint8 clip batches (B / processes, T, crop, crop, 3)
+  over the embedded dataset and `config.data.videos`."""
+  from progvc_jax.data import pipeline  # video decoding is needed only when training
+
+  local = config.batch_size // shard_count
+  return pipeline.default_dataset(
+      extra_videos=tuple(config.data.videos), clip_len=config.data.clip_len,
+      crop=(config.data.crop, config.data.crop), batch_size=local, seed=seed,
+      num_photo_clips=config.data.num_photo_clips, shard_index=shard_index,
+      shard_count=shard_count, worker_count=worker_count)
 
 
 def make_optimizer(cfg, total_steps: int, lr: float | None = None) -> optax.GradientTransformation:
@@ -52,6 +66,34 @@ def device_batch(mesh, local: np.ndarray) -> jax.Array:
 def to_unit_range(frames: jax.Array) -> jax.Array:
   """uint8 pixels -> float32 in [-1, 1]."""
   return frames.astype(jnp.float32) / 127.5 - 1.0
+
+
+class LogWindow:
+  """Averages the step figures between logging steps and writes them with progress.
+
+  Stops the run (FloatingPointError) when `nonfinite` steps fill 3 windows in a
+  row: the NaN/inf guard has skipped every update for that long.
+  """
+
+  def __init__(self, names, writer, progress: "Progress", log_every: int):
+    self.collection = metrics.Collection.create(**{k: metrics.Average.from_output(k) for k in names})
+    self.writer, self.progress, self.log_every = writer, progress, log_every
+    self.window, self.nonfinite_run = None, 0
+
+  def add(self, figures: dict) -> None:
+    update = self.collection.single_from_model_output(**figures)
+    self.window = update if self.window is None else self.window.merge(update)
+
+  def write(self, step: int) -> dict:
+    scalars = {k: float(v) for k, v in self.window.compute().items()}
+    self.window = None
+    self.nonfinite_run = self.nonfinite_run + 1 if scalars.get("nonfinite") == 1.0 else 0
+    scalars.update(self.progress.report(step, scalars))
+    self.writer.write_scalars(step, scalars)
+    if self.nonfinite_run >= 3:
+      raise FloatingPointError(f"step {step}: the loss or gradients were not finite for "
+                               f"{3 * self.log_every} steps; lower optimizer.lr or use float32")
+    return scalars
 
 
 class Progress:

@@ -17,7 +17,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 from absl import logging
-from clu import metric_writers, metrics
+from clu import metric_writers
 from flax import nnx
 
 from progvc_jax import checkpointing, losses, sharding
@@ -207,18 +207,6 @@ class Trainer:
                 grid=((grid + 1) * 127.5).clip(0, 255).astype(jnp.uint8))
 
 
-def make_input(config, seed: int, shard_index: int, shard_count: int, worker_count: int):
-  """This process's grain iterator of uint8 clip batches (B / processes, T, crop, crop, 3)."""
-  from progvc_jax.data import pipeline  # video decoding is needed only when training
-
-  local = config.batch_size // shard_count
-  return pipeline.default_dataset(
-      extra_videos=tuple(config.data.videos), clip_len=config.data.clip_len,
-      crop=(config.data.crop, config.data.crop), batch_size=local, seed=seed,
-      num_photo_clips=config.data.num_photo_clips, shard_index=shard_index,
-      shard_count=shard_count, worker_count=worker_count)
-
-
 def train_and_evaluate(config, workdir: str, stop_at: int | None = None):
   """Trains from scratch or resumes from the latest checkpoint in `workdir`.
 
@@ -234,10 +222,13 @@ def train_and_evaluate(config, workdir: str, stop_at: int | None = None):
     raise ValueError(f"data.crop {crop} must be a multiple of the pixel tile {pixel_tile}")
   logging.info("mesh %s on %d devices, %d processes", dict(mesh.shape), jax.device_count(), jax.process_count())
 
+  if jax.process_index() == 0:
+    checkpointing.write_run_info(workdir, "tokenizer", dict(config.model))
+
   # --- Input.
   pid, nproc = jax.process_index(), jax.process_count()
-  train_iter = iter(make_input(config, config.seed, pid, nproc, config.data.worker_count))
-  eval_iter = iter(make_input(config, config.seed + 1, pid, nproc, 0))
+  train_iter = iter(common.make_input(config, config.seed, pid, nproc, config.data.worker_count))
+  eval_iter = iter(common.make_input(config, config.seed + 1, pid, nproc, 0))
   eval_batches = [next(eval_iter) for _ in range(config.eval_batches)]
 
   # --- Model, shardings and compiled steps.
@@ -259,10 +250,8 @@ def train_and_evaluate(config, workdir: str, stop_at: int | None = None):
   # --- Metrics.
   writer = metric_writers.create_default_writer(workdir, just_logging=pid > 0)
   progress = common.Progress(config.total_steps, config.batch_size, first)
-  Collection = metrics.Collection.create(**{
-      k: metrics.Average.from_output(k) for k in
-      ("loss", "rec_loss", "vq_loss", "gan_weight", "disc_loss", "grad_norm", "nonfinite", "revived")})
-  window, nonfinite_run = None, 0
+  log = common.LogWindow(("loss", "rec_loss", "vq_loss", "gan_weight", "disc_loss", "grad_norm", "nonfinite",
+                          "revived"), writer, progress, config.log_every)
 
   # --- Loop.
   last = config.total_steps if stop_at is None else min(stop_at, config.total_steps)
@@ -270,18 +259,9 @@ def train_and_evaluate(config, workdir: str, stop_at: int | None = None):
     with jax.profiler.StepTraceAnnotation("train", step_num=step):
       batch = common.device_batch(mesh, next(train_iter))
       state, figures = trainer.step(state, batch)
-    update = Collection.single_from_model_output(**figures)
-    window = update if window is None else window.merge(update)
-
+    log.add(figures)
     if step % config.log_every == 0 or step == config.total_steps:
-      scalars = {k: float(v) for k, v in window.compute().items()}
-      window = None
-      nonfinite_run = nonfinite_run + 1 if scalars["nonfinite"] == 1.0 else 0
-      scalars.update(progress.report(step, scalars))
-      writer.write_scalars(step, scalars)
-      if nonfinite_run >= 3:
-        raise FloatingPointError(f"step {step}: the loss or gradients were not finite for "
-                                 f"{3 * config.log_every} steps; lower optimizer.lr or use float32")
+      log.write(step)
 
     if step % config.eval_every == 0 or step == config.total_steps:
       run_eval(trainer, state, eval_batches, mesh, writer, step)

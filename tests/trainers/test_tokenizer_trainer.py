@@ -13,6 +13,7 @@ from skimage import data as skdata
 
 from configs import tokenizer as tokenizer_config
 from progvc_jax import checkpointing, sharding
+from progvc_jax.trainers import common
 from progvc_jax.trainers import tokenizer as trainer_lib
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -139,9 +140,9 @@ def test_resume_equals_uninterrupted_run(runs):
   for a, b in zip(jax.tree.leaves(full), jax.tree.leaves(resumed)):
     np.testing.assert_array_equal(a, b)
   # The checkpointed data iterator continues where the run left off.
-  fresh = iter(trainer_lib.make_input(config, config.seed, 0, 1, 0))
+  fresh = iter(common.make_input(config, config.seed, 0, 1, 0))
   uninterrupted = [next(fresh) for _ in range(4)]
-  restored = iter(trainer_lib.make_input(config, config.seed, 0, 1, 0))
+  restored = iter(common.make_input(config, config.seed, 0, 1, 0))
   trainer = trainer_lib.Trainer(config, sharding.make_mesh(config.mesh))
   checkpointing.restore_train(checkpointing.train_manager(str(root / "resumed"), 3), trainer.abstract,
                               restored, step=2)

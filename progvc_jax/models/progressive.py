@@ -1,0 +1,174 @@
+"""A frame's tiles, scale by scale: the functions the codec's encoder and decoder share.
+
+A frame is the batch of its N latent tiles. For scale k = 1..K the context
+model's incremental step gives the probabilities of scale k's tokens; the
+tokens of scale k then come from the caller (the encoder's true tokens, the
+range decoder, or generative completion) and are absorbed into fhat, which
+gives the input of scale k + 1. `FrameSteps` holds these per-scale functions
+jitted once per scale with fixed shapes, so the encoder and the decoder run
+the very same compiled code and get bit-identical probabilities
+(DESIGN.md section 4). Nothing here imports training or codec code.
+
+The teacher-forced counterparts used in training (`teacher_inputs`) build the
+same inputs for all scales at once.
+"""
+
+from typing import Callable, Sequence
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from progvc_jax.models.quantizer import MultiScaleQuantizer, resize
+from progvc_jax.models.transformer import I_FRAME, P_FRAME, ContextModel
+
+COMPLETIONS = ("sample", "argmax", "none")
+
+
+def flat(x: jax.Array) -> jax.Array:
+  """(N, p, p, ...) -> (N, p * p, ...), row-major."""
+  return x.reshape(x.shape[0], x.shape[1] * x.shape[2], *x.shape[3:])
+
+
+def teacher_inputs(quantizer: MultiScaleQuantizer, tokens: Sequence[jax.Array]):
+  """The context model's inputs for all scales of tiles with the given token maps.
+
+  tokens: K maps (N, p_k, p_k). Returns x_next (N, L - 1, C), the model's input
+  for scales 2..K, and this frame's context for the next frame,
+  dict(fhat=(N, L, C), tokens=(N, L)): fhat_k downsampled to scale k's grid.
+  """
+  fhats = quantizer.fhat_prefixes(tokens)
+  sched = quantizer.schedule
+  x_next = [flat(resize(fhats[k - 1], sched[k], "area")) for k in range(1, len(sched))]
+  ctx = [flat(resize(fhats[k], sched[k], "area")) for k in range(len(sched))]
+  return (jnp.concatenate(x_next, axis=1),
+          dict(fhat=jnp.concatenate(ctx, axis=1), tokens=jnp.concatenate([flat(t) for t in tokens], 1)))
+
+
+def context_at(ctx: dict, model: ContextModel, k: int) -> dict:
+  """Scale k's slice of a frame's context (as `teacher_inputs` returns it)."""
+  lo, hi = model.offsets[k], model.offsets[k + 1]
+  return dict(fhat=ctx["fhat"][:, lo:hi], tokens=ctx["tokens"][:, lo:hi])
+
+
+def select_tokens(probs: jax.Array, mode: str, key: jax.Array, temperature: float = 1.0,
+                  top_k: int = 0, top_p: float = 1.0) -> jax.Array:
+  """Tokens (N, M) int32 chosen from probabilities (N, M, V) for generative completion.
+
+  argmax: the most probable code. sample: a draw from p^(1/temperature),
+  restricted to the top_k most probable codes (0: all) and to the smallest
+  set whose probability reaches top_p; `key` makes it repeatable.
+  """
+  if mode == "argmax":
+    return jnp.argmax(probs, -1).astype(jnp.int32)
+  if mode != "sample":
+    raise ValueError(f"completion mode must be 'sample' or 'argmax' here, got {mode!r}")
+  logp = jnp.log(jnp.maximum(probs, 1e-30)) / max(temperature, 1e-6)
+  order = jnp.sort(logp, -1)[..., ::-1]
+  if top_k > 0:
+    cut = order[..., min(top_k, probs.shape[-1]) - 1, None]
+    logp = jnp.where(logp < cut, -jnp.inf, logp)
+  if top_p < 1.0:
+    p_sorted = jax.nn.softmax(order, -1)
+    # Keep codes until the cumulative probability first reaches top_p (the best code always stays).
+    keep = jnp.cumsum(p_sorted, -1) - p_sorted < top_p
+    cut = jnp.min(jnp.where(keep, order, jnp.inf), -1, keepdims=True)
+    logp = jnp.where(logp < cut, -jnp.inf, logp)
+  return jax.random.categorical(key, logp, axis=-1).astype(jnp.int32)
+
+
+class FrameSteps:
+  """The per-scale functions for one frame of N tiles, jitted once per scale.
+
+  state = dict(cache=the model's KV cache, fhat=(N, n, n, C) from the scales so far).
+  """
+
+  def __init__(self, quantizer: MultiScaleQuantizer, model: ContextModel):
+    if tuple(quantizer.schedule) != model.schedule:
+      raise ValueError(f"context model schedule {model.schedule} differs from the tokenizer's "
+                       f"{tuple(quantizer.schedule)}")
+    self.q_def, self.q_params = nnx.split(quantizer)
+    self.m_def, self.m_params = nnx.split(model)
+    self.schedule = model.schedule
+    self.offsets = model.offsets
+    self.tile, self.dim = quantizer.tile, quantizer.codebook.shape[1]
+    self._init = jax.jit(self._init_fn, static_argnums=1)
+    self._predict = jax.jit(self._predict_fn, static_argnums=0)
+    self._absorb = jax.jit(self._absorb_fn, static_argnums=0)
+    self._select = jax.jit(select_tokens, static_argnums=(1, 3, 4, 5))
+
+  @property
+  def num_scales(self) -> int:
+    return len(self.schedule)
+
+  def _init_fn(self, m_params, n):
+    model = nnx.merge(self.m_def, m_params)
+    return dict(cache=model.init_cache(n), fhat=jnp.zeros((n, self.tile, self.tile, self.dim), jnp.float32))
+
+  def _predict_fn(self, k, m_params, state, frame_type, prev_k):
+    model = nnx.merge(self.m_def, m_params)
+    x_k = None if k == 0 else flat(resize(state["fhat"], self.schedule[k], "area"))
+    logits, cache = model.step(state["cache"], k, x_k, frame_type, prev_k)
+    return jax.nn.softmax(logits, -1), dict(state, cache=cache)
+
+  def _absorb_fn(self, k, q_params, state, tokens_k):
+    quantizer = nnx.merge(self.q_def, q_params)
+    p = self.schedule[k]
+    fhat = state["fhat"] + quantizer.scale_residual(k, tokens_k.reshape(-1, p, p))
+    ctx_k = dict(fhat=flat(resize(fhat, p, "area")), tokens=tokens_k)
+    return dict(state, fhat=fhat), ctx_k
+
+  def init(self, n: int) -> dict:
+    return self._init(self.m_params, n)
+
+  def predict(self, k: int, state: dict, frame_type: int, prev_k: dict | None):
+    """Probabilities (N, p_k^2, V) float32 of scale k's tokens, and the state with scale k cached."""
+    n = state["fhat"].shape[0]
+    ft = jnp.full((n,), frame_type, jnp.int32)
+    return self._predict(k, self.m_params, state, ft, prev_k if frame_type == P_FRAME else None)
+
+  def absorb(self, k: int, state: dict, tokens_k: jax.Array):
+    """Adds scale k's tokens (N, p_k^2) to fhat; returns the state and this frame's context at k."""
+    return self._absorb(k, self.q_params, state, jnp.asarray(tokens_k, jnp.int32))
+
+  def select(self, probs, mode, key, temperature=1.0, top_k=0, top_p=1.0):
+    return self._select(probs, mode, key, float(temperature), int(top_k), float(top_p))
+
+  def run(self, n: int, frame_type: int, prev: list[dict] | None,
+          choose: Callable[[int, jax.Array], jax.Array], scales: int | None = None):
+    """Codes the first `scales` scales (all by default) of one frame.
+
+    choose(k, probs) returns scale k's tokens (N, p_k^2) given their
+    probabilities. prev: the previous frame's context per scale (as returned
+    here), needed for P-frames at every scale coded.
+    Returns (fhat (N, n, n, C), context per scale, tokens per scale).
+    """
+    scales = self.num_scales if scales is None else scales
+    if frame_type not in (I_FRAME, P_FRAME):
+      raise ValueError(f"frame type must be I_FRAME or P_FRAME, got {frame_type!r}")
+    if not 1 <= scales <= self.num_scales:
+      raise ValueError(f"scales must be in 1..{self.num_scales}, got {scales}")
+    if frame_type == P_FRAME and (prev is None or len(prev) < scales):
+      have = 0 if prev is None else len(prev)
+      raise ValueError(f"a P-frame coded to {scales} scales needs as many of the previous frame, got {have}")
+    state = self.init(n)
+    ctx, tokens = [], []
+    for k in range(scales):
+      probs, state = self.predict(k, state, frame_type, prev[k] if frame_type == P_FRAME else None)
+      state, ctx_k = self.absorb(k, state, choose(k, probs))
+      ctx.append(ctx_k)
+      tokens.append(ctx_k["tokens"])
+    return state["fhat"], ctx, tokens
+
+  def completer(self, given: Sequence[jax.Array], mode: str, key: jax.Array, temperature: float = 1.0,
+                top_k: int = 0, top_p: float = 1.0) -> Callable[[int, jax.Array], jax.Array]:
+    """A `choose` for `run`: the given tokens for the first len(given) scales, then
+    generated ones (sample draws with fold_in(key, k), so a decode repeats exactly)."""
+    if mode not in ("sample", "argmax"):
+      raise ValueError(f"completion mode must be 'sample' or 'argmax', got {mode!r}")
+
+    def choose(k, probs):
+      if k < len(given):
+        return given[k]
+      return self.select(probs, mode, jax.random.fold_in(key, k), temperature, top_k, top_p)
+    return choose
