@@ -1,6 +1,11 @@
 """Compiles a training step ahead of time for a mesh and reports its memory per device.
 
   python tools/aot_compile.py --config configs/tokenizer.py:base --devices 8 --mesh 2,2,2
+  python tools/aot_compile.py --config configs/context.py:base --devices 8 --mesh 1,4,2
+
+For the context stage the tokenizer's shape comes from --config.tokenizer when
+it names a checkpoint, else from the tokenizer config variant of the same name
+(--tokenizer_variant to choose another).
 
 On a CPU the devices are simulated (--devices sets XLA's host device count),
 so sharding errors and the per-device footprint of a mesh show up before
@@ -19,6 +24,7 @@ config_flags.DEFINE_config_file("config", None, "Config file, e.g. configs/token
 flags.DEFINE_integer("devices", 8, "Simulated CPU devices (ignored on accelerators).")
 flags.DEFINE_string("mesh", None, "Mesh sizes data,fsdp,model (default: the config's).")
 flags.DEFINE_integer("batch", 0, "Global batch (default: the config's).")
+flags.DEFINE_string("tokenizer_variant", None, "Context stage: tokenizer variant (default: the config's variant).")
 FLAGS = flags.FLAGS
 
 
@@ -34,8 +40,9 @@ def main(argv):
                              + f" --xla_force_host_platform_device_count={FLAGS.devices}")
   import jax  # after XLA_FLAGS, so the simulated device count applies
 
-  from progvc_jax import sharding
-  from progvc_jax.trainers import tokenizer as trainer_lib
+  from configs import tokenizer as tokenizer_config
+  from progvc_jax import checkpointing, sharding
+  from progvc_jax.trainers import context, tokenizer
 
   config = FLAGS.config
   if FLAGS.mesh:
@@ -44,13 +51,24 @@ def main(argv):
     config.batch_size = FLAGS.batch
   try:
     mesh = sharding.make_mesh(config.mesh)
-    trainer = trainer_lib.Trainer(config, mesh)
-  except ValueError as e:
+    if config.stage == "context":
+      if config.tokenizer:
+        tok_args = checkpointing.load_model_args(config.tokenizer, "tokenizer")
+      else:
+        tok_args = dict(tokenizer_config.get_config(FLAGS.tokenizer_variant or config.variant).model)
+      trainer = context.Trainer(config, mesh, tok_args)
+      frozen = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
+                            trainer.tok_abstract, trainer.tok_shardings)
+      inputs = (trainer.abstract, frozen)
+    else:
+      trainer = tokenizer.Trainer(config, mesh)
+      inputs = (trainer.abstract,)
+  except (ValueError, FileNotFoundError) as e:
     sys.exit(f"aot_compile: {e}")
   crop, t = config.data.crop, config.data.clip_len
   batch = jax.ShapeDtypeStruct((config.batch_size, t, crop, crop, 3), jax.numpy.uint8,
                                sharding=sharding.batch_sharding(mesh, 5))
-  compiled = trainer.step.lower(trainer.abstract, batch).compile()
+  compiled = trainer.step.lower(*inputs, batch).compile()
   mem = compiled.memory_analysis()
   cost = compiled.cost_analysis()
   cost = cost[0] if isinstance(cost, (list, tuple)) else cost
