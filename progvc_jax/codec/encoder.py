@@ -1,0 +1,178 @@
+"""The progvc encoder: frames -> tile tokens -> range-coded chunks -> container.
+
+Frames are coded one at a time (memory does not grow with the video): the
+tokenizer gives every tile's K token maps; the context model's incremental
+step (the decoder's own function) gives the probabilities of scale k, with
+which scale k's tokens are range coded into one chunk for all tiles of the
+frame. The first frame of each GOP is an I-frame, the rest P-frames on the
+previous frame.
+
+Scale counts: `scales` sends the first K' scales of every frame. With
+`target_kbps` each GOP is coded at all K scales and the largest K' whose exact
+byte count fits the GOP's budget is kept (dropping chunks is all truncation
+does, so these sizes are exact); a GOP that does not fit even at one scale
+is sent at one scale.
+"""
+
+import fractions
+import io
+import os
+import uuid
+from typing import Callable, Iterable, Iterator
+
+import numpy as np
+
+from progvc_jax.codec import bitstream, entropy
+from progvc_jax.codec.model import CodecModel
+from progvc_jax.models.transformer import I_FRAME, P_FRAME
+
+DEFAULT_GOP = 30
+
+
+def _frames_checked(frames: Iterable[np.ndarray]) -> Iterator[np.ndarray]:
+  shape = None
+  for i, f in enumerate(frames):
+    f = np.asarray(f)
+    if f.dtype != np.uint8 or f.ndim != 3 or f.shape[2] != 3:
+      raise ValueError(f"frame {i}: expected uint8 (H, W, 3), got {f.dtype} {f.shape}")
+    if shape is None:
+      shape = f.shape
+    elif f.shape != shape:
+      raise ValueError(f"frame {i}: size {f.shape[:2]} differs from the first frame's {shape[:2]}")
+    yield f
+
+
+def code_frame(model: CodecModel, frame: np.ndarray, kind: int, prev, scales: int):
+  """One frame's chunks at `scales` scales.
+
+  Returns (Frame, this frame's context for the next, cross-entropy bits of each scale).
+  """
+  tokens = model.tokens(frame, scales)
+  n = tokens[0].shape[0]
+  chunks, bits = [], []
+
+  def choose(k, probs):
+    probs = np.asarray(probs).reshape(-1, probs.shape[-1])
+    sym = tokens[k].reshape(-1)
+    chunks.append(bitstream.Chunk(entropy.encode_chunk(sym, probs), bitstream.token_checksum(sym)))
+    bits.append(entropy.cross_entropy_bits(sym, probs))
+    return tokens[k]
+
+  _, ctx, _ = model.steps.run(n, kind, prev, choose, scales=scales)
+  return bitstream.Frame(kind, chunks), ctx, bits
+
+
+def _frame_bytes(frame: bitstream.Frame, scales: int) -> int:
+  """Bytes of `frame` in the container when cut to `scales` chunks."""
+  return 1 + sum(len(bitstream.encode_varint(len(c.payload))) + 1 + len(c.payload) for c in frame.chunks[:scales])
+
+
+class Encoder:
+  """Streams frames into a container file object.
+
+  Usage: `enc = Encoder(model, f, height, width, fps, ...)`, `enc.add(frame)` per
+  frame, `enc.finish()`. `stats` holds bytes and cross-entropy bits.
+  """
+
+  def __init__(self, model: CodecModel, f, height: int, width: int, fps: float | fractions.Fraction, *,
+               scales: int | None = None, target_kbps: float | None = None, gop: int = DEFAULT_GOP,
+               frame_count: int = 0):
+    if scales is not None and target_kbps is not None:
+      raise ValueError("give either scales or target_kbps, not both")
+    k = model.num_scales
+    if scales is not None and not 1 <= scales <= k:
+      raise ValueError(f"scales must be in 1..{k} for this model, got {scales}")
+    if target_kbps is not None and not target_kbps > 0:
+      raise ValueError(f"target_kbps must be positive, got {target_kbps}")
+    if gop < 1:
+      raise ValueError(f"gop must be at least 1, got {gop}")
+    rate = fractions.Fraction(fps).limit_denominator(1001)
+    if rate <= 0:
+      raise ValueError(f"fps must be positive, got {fps}")
+    self.model, self.gop, self.rate = model, gop, rate
+    self.scales = k if scales is None else scales
+    self.budget = None if target_kbps is None else target_kbps * 1000 / 8 * gop / float(rate)
+    header = bitstream.Header(width=width, height=height, fps_num=rate.numerator, fps_den=rate.denominator,
+                              frame_count=frame_count, gop=gop, tile=model.tile, downsample=model.downsample,
+                              schedule=model.schedule, vocab_size=model.vocab_size, colour=0,
+                              fingerprint=model.fingerprint)
+    self.writer = bitstream.Writer(f, header)
+    self.height, self.width = height, width
+    self.count, self.prev, self.pending = 0, None, []
+    self.stats = {"bits_cross_entropy": 0.0, "tokens": 0}
+
+  def add(self, frame: np.ndarray) -> None:
+    if frame.shape[:2] != (self.height, self.width):
+      raise ValueError(f"frame {self.count}: size {frame.shape[:2]} differs from {(self.height, self.width)}")
+    kind = I_FRAME if self.count % self.gop == 0 else P_FRAME
+    if kind == I_FRAME:
+      self._flush_gop()
+    full = self.model.num_scales if self.budget is not None else self.scales
+    coded, self.prev, bits = code_frame(self.model, frame, kind, self.prev, full)
+    self.pending.append((coded, bits))
+    self.count += 1
+    if self.budget is None:
+      self._flush_gop()
+
+  def _flush_gop(self) -> None:
+    if not self.pending:
+      return
+    keep = self.scales
+    if self.budget is not None:
+      keep = 1
+      for k in range(self.model.num_scales, 0, -1):
+        if sum(_frame_bytes(f, k) for f, _ in self.pending) <= self.budget:
+          keep = k
+          break
+    n = self.model.tile_grid(self.height, self.width)
+    tiles = n[0] * n[1]
+    for coded, bits in self.pending:
+      self.writer.write(bitstream.Frame(coded.kind, coded.chunks[:keep]))
+      self.stats["bits_cross_entropy"] += sum(bits[:keep])
+      self.stats["tokens"] += tiles * sum(p * p for p in self.model.schedule[:keep])
+    self.pending = []
+
+  def finish(self) -> None:
+    self._flush_gop()
+    if self.count == 0:
+      raise ValueError("no frames to encode")
+    self.writer.finish()
+
+
+def encode_file(model: CodecModel, frames: Iterable[np.ndarray], path: str, fps: float, *,
+                progress: Callable[[int], None] | None = None, **kwargs) -> dict:
+  """Encodes frames into the file `path`, written whole or not at all; returns the encoder's stats."""
+  folder, name = os.path.split(os.path.abspath(path))
+  tmp = os.path.join(folder, f".{name}.{uuid.uuid4().hex[:8]}.partial")
+  try:
+    with open(tmp, "wb") as f:
+      enc = None
+      for frame in _frames_checked(frames):
+        if enc is None:
+          enc = Encoder(model, f, frame.shape[0], frame.shape[1], fps, **kwargs)
+        enc.add(frame)
+        if progress:
+          progress(enc.count)
+      if enc is None:
+        raise ValueError("the video has no frames")
+      enc.finish()
+    os.replace(tmp, path)
+  finally:
+    if os.path.exists(tmp):
+      os.remove(tmp)
+  return dict(enc.stats, frames=enc.count, bytes=os.path.getsize(path),
+              container_bytes=enc.writer.container_bytes, payload_bytes=enc.writer.payload_bytes)
+
+
+def encode(frames: np.ndarray, model: CodecModel, *, fps: float = 25.0, **kwargs) -> bytes:
+  """Python API: uint8 frames (T, H, W, 3) -> a progvc stream."""
+  buf = io.BytesIO()
+  enc = None
+  for frame in _frames_checked(frames):
+    if enc is None:
+      enc = Encoder(model, buf, frame.shape[0], frame.shape[1], fps, **kwargs)
+    enc.add(frame)
+  if enc is None:
+    raise ValueError("no frames to encode")
+  enc.finish()
+  return buf.getvalue()

@@ -1,0 +1,68 @@
+"""A bundle's models as the codec runs them: frames <-> tile tokens, probabilities, pixels.
+
+Everything runs on the CPU in float32. The probabilities that drive the range
+coder come only from `steps` (progressive.FrameSteps: the incremental
+per-scale functions, jitted once per scale for the frame's tile count), which
+the encoder and the decoder call identically (DESIGN.md section 4).
+"""
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from progvc_jax.codec.bundle import Bundle, load_bundle
+from progvc_jax.models.progressive import FrameSteps
+
+
+class CodecModel:
+  """The tokenizer and context model of one bundle."""
+
+  def __init__(self, bundle: Bundle):
+    self.fingerprint = bundle.fingerprint
+    self.path = bundle.path
+    tok = bundle.tokenizer()
+    self.tokenizer = tok
+    self.steps = FrameSteps(tok.quantizer, bundle.context_model())
+    self.schedule = tuple(tok.schedule)
+    self.tile, self.downsample = tok.tile, tok.downsample
+    self.vocab_size = tok.quantizer.vocab_size
+    self._tok_def, self._tok_params = nnx.split(tok)
+
+  @classmethod
+  def load(cls, path: str) -> "CodecModel":
+    return cls(load_bundle(path))
+
+  @property
+  def num_scales(self) -> int:
+    return len(self.schedule)
+
+  @property
+  def pixel_tile(self) -> int:
+    return self.tile * self.downsample
+
+  def tile_grid(self, height: int, width: int) -> tuple[int, int]:
+    return self.tokenizer.tile_grid(height, width)
+
+  @functools.partial(jax.jit, static_argnums=(0, 3))
+  def _tokens(self, params, frame, num_scales):
+    tok = nnx.merge(self._tok_def, params)
+    x = frame[None].astype(jnp.float32) / 127.5 - 1.0
+    return [t[0].reshape(t.shape[1], -1) for t in tok.encode(x, num_scales)]
+
+  @functools.partial(jax.jit, static_argnums=(0, 3, 4))
+  def _pixels(self, params, fhat, height, width):
+    tok = nnx.merge(self._tok_def, params)
+    rows, cols = tok.tile_grid(height, width)
+    rgb = tok.pixels(tok.from_tiles(fhat, rows, cols))[0, :height, :width]
+    return jnp.clip(jnp.round((rgb + 1.0) * 127.5), 0, 255).astype(jnp.uint8)
+
+  def tokens(self, frame: np.ndarray, num_scales: int | None = None) -> list[np.ndarray]:
+    """Token maps of one uint8 frame (H, W, 3): [(tiles, p_k^2)] for the first num_scales scales."""
+    return [np.asarray(t) for t in self._tokens(self._tok_params, jnp.asarray(frame), num_scales)]
+
+  def pixels(self, fhat: jax.Array, height: int, width: int) -> np.ndarray:
+    """uint8 frame (H, W, 3) from the tiles' fhat (tiles, n, n, C)."""
+    return np.asarray(self._pixels(self._tok_params, fhat, height, width))

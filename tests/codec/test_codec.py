@@ -1,0 +1,279 @@
+"""The codec end to end: export, encode, truncate, decode, exactness across processes, bad input."""
+
+import io
+import os
+import subprocess
+import sys
+
+import jax
+import numpy as np
+import pytest
+from flax import nnx
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from progvc_jax import checkpointing
+from progvc_jax.codec import bitstream, decoder, encoder
+from progvc_jax.codec.model import CodecModel
+from progvc_jax.data import samples, video
+from progvc_jax.models.tokenizer import Tokenizer
+from progvc_jax.models.transformer import ContextModel
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+TOKENIZER = dict(ch=8, ch_mult=(1, 2), num_res_blocks=1, z_channels=8, using_sa=False, using_mid_sa=True,
+                 norm_groups=8, vocab_size=128, tile=4)  # pixel tile 8, scales (1, 2, 3, 4)
+FRAMES = 3
+
+
+def _params(module, seed, scale):
+  """Weights with every path active (adaLN-Zero starts as identity), so the probabilities vary."""
+  state = nnx.to_pure_dict(nnx.state(module, nnx.Param))
+  leaves, tree = jax.tree.flatten(state)
+  keys = jax.random.split(jax.random.key(seed), len(leaves))
+  return jax.tree.unflatten(tree, [np.asarray(x + scale * jax.random.normal(k, x.shape)) for x, k in zip(leaves, keys)])
+
+
+def write_checkpoints(folder, seed=0, vocab=128):
+  tok_args = dict(TOKENIZER, vocab_size=vocab)
+  tok = Tokenizer(**tok_args, rngs=nnx.Rngs(seed))
+  ctx_args = dict(vocab_size=vocab, latent_dim=8, schedule=list(tok.schedule), width=32, depth=2, heads=2)
+  ctx = ContextModel(**ctx_args, rngs=nnx.Rngs(seed + 1))
+  checkpointing.save_params(os.path.join(folder, "tok"), nnx.to_pure_dict(nnx.state(tok, nnx.Param)),
+                            "tokenizer", tok_args)
+  checkpointing.save_params(os.path.join(folder, "ctx"), _params(ctx, seed, 0.05), "context", ctx_args)
+  return os.path.join(folder, "tok"), os.path.join(folder, "ctx")
+
+
+@pytest.fixture(scope="module")
+def model_path(tmp_path_factory):
+  from progvc_jax import export
+  folder = tmp_path_factory.mktemp("bundle")
+  tok, ctx = write_checkpoints(str(folder))
+  path = str(folder / "model.pgvcm")
+  export.export(tok, ctx, path)
+  return path
+
+
+@pytest.fixture(scope="module")
+def model(model_path):
+  return CodecModel.load(model_path)
+
+
+@pytest.fixture(scope="module")
+def clip():
+  """The first frames of carphone (176 x 144: 22 x 18 tiles of 8 pixels)."""
+  return video.read_frames(samples.sample_videos()[1], count=FRAMES)
+
+
+@pytest.fixture(scope="module")
+def full_stream(model, clip):
+  return encoder.encode(clip, model, fps=30, gop=2)
+
+
+def test_bundle_is_data_with_a_stable_fingerprint(tmp_path, model_path, model):
+  from progvc_jax import export
+  tok, ctx = write_checkpoints(str(tmp_path))
+  again = export.export(tok, ctx, str(tmp_path / "again.pgvcm"))
+  assert again == model.fingerprint  # same weights and arguments: same fingerprint
+  tok2, ctx2 = write_checkpoints(str(tmp_path / "other"), seed=5)
+  assert export.export(tok2, ctx2, str(tmp_path / "other.pgvcm")) != model.fingerprint
+  with pytest.raises(FileExistsError, match="--overwrite"):
+    export.export(tok, ctx, str(tmp_path / "again.pgvcm"))
+  tok3, _ = write_checkpoints(str(tmp_path / "v64"), vocab=64)
+  with pytest.raises(ValueError, match="trained on other codes"):
+    export.export(tok3, ctx, str(tmp_path / "mismatch.pgvcm"))
+
+
+def test_round_trip_at_every_scale_count(model, clip):
+  for k in range(1, model.num_scales + 1):
+    data = encoder.encode(clip, model, fps=30, scales=k, gop=2)
+    decoded = list(decoder.decode_tokens(model, io.BytesIO(data), complete="none"))
+    assert len(decoded) == FRAMES
+    for frame, (_, tokens, fhat) in zip(clip, decoded):
+      sent = model.tokens(frame, k)
+      assert len(tokens) == k
+      for a, b in zip(tokens, sent):
+        np.testing.assert_array_equal(a, b)
+      # The frame is the tokenizer's reconstruction from that prefix.
+      ref = model.tokenizer.decode([t.reshape(1, t.shape[0], *(2 * [int(np.sqrt(t.shape[1]))])) for t in sent],
+                                   *frame.shape[:2])
+      ref = np.clip(np.round((np.asarray(ref[0]) + 1) * 127.5), 0, 255)
+      out = model.pixels(fhat, *frame.shape[:2]).astype(np.float64)
+      assert np.abs(out - ref).max() <= 1 and np.mean(out != ref) < 1e-3
+
+
+def test_truncation_equals_encoding_fewer_scales(model, clip, full_stream):
+  for k in (1, 2, 3):
+    out = io.BytesIO()
+    bitstream.truncate(io.BytesIO(full_stream), out, k)
+    assert out.getvalue() == encoder.encode(clip, model, fps=30, scales=k, gop=2)
+    a = decoder.decode(out.getvalue(), model, complete="none")
+    b = decoder.decode(encoder.encode(clip, model, fps=30, scales=k, gop=2), model, complete="none")
+    np.testing.assert_array_equal(a, b)
+
+
+def test_completion_fills_missing_scales_repeatably(model, full_stream):
+  cut = io.BytesIO()
+  bitstream.truncate(io.BytesIO(full_stream), cut, 2)
+  runs = [list(decoder.decode_tokens(model, io.BytesIO(cut.getvalue()), complete="sample", seed=s)) for s in (0, 0, 1)]
+  exact = list(decoder.decode_tokens(model, io.BytesIO(full_stream), complete="none"))
+  for frames in runs:
+    for (_, tokens, _), (_, ref, _) in zip(frames, exact):
+      assert len(tokens) == model.num_scales
+      for k in range(2):  # received scales are exact
+        np.testing.assert_array_equal(tokens[k], ref[k])
+  for (_, a, _), (_, b, _) in zip(runs[0], runs[1]):
+    for x, y in zip(a, b):
+      np.testing.assert_array_equal(x, y)  # seeded: a decode repeats exactly
+  assert any((x != y).any() for (_, a, _), (_, b, _) in zip(runs[0], runs[2]) for x, y in zip(a[2:], b[2:]))
+
+
+def test_real_bits_match_the_cross_entropy(model, clip, tmp_path):
+  stats = encoder.encode_file(model, iter(clip), str(tmp_path / "a.pgvc"), 30, gop=2)
+  payload_bits = 8 * stats["payload_bytes"]
+  assert abs(payload_bits - stats["bits_cross_entropy"]) <= 0.01 * stats["bits_cross_entropy"]
+  assert stats["bytes"] == stats["payload_bytes"] + stats["container_bytes"]
+
+
+DECODE_SCRIPT = """
+import io, sys, numpy as np
+from progvc_jax.codec import decoder
+from progvc_jax.codec.model import CodecModel
+model = CodecModel.load(sys.argv[1])
+out = [np.concatenate(t, 1) for _, t, _ in decoder.decode_tokens(model, open(sys.argv[2], 'rb'), complete='none')]
+np.save(sys.argv[3], np.stack(out))
+"""
+
+
+def test_decoding_in_another_process_and_thread_setup_is_identical(model, model_path, full_stream, tmp_path):
+  stream = tmp_path / "s.pgvc"
+  stream.write_bytes(full_stream)
+  here = np.stack([np.concatenate(t, 1) for _, t, _ in decoder.decode_tokens(model, io.BytesIO(full_stream))])
+  env = dict(os.environ, JAX_PLATFORMS="cpu",
+             XLA_FLAGS="--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1")
+  cmd = [sys.executable, "-c", DECODE_SCRIPT, model_path, str(stream), str(tmp_path / "t.npy")]
+  if sys.platform.startswith("linux"):
+    cmd = ["taskset", "-c", "0", *cmd]
+  run = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600, cwd=ROOT)
+  assert run.returncode == 0, run.stderr[-2000:]
+  np.testing.assert_array_equal(np.load(tmp_path / "t.npy"), here)
+
+
+def test_a_stream_from_another_model_is_refused(tmp_path, full_stream):
+  from progvc_jax import export
+  tok, ctx = write_checkpoints(str(tmp_path), seed=7)
+  other = CodecModel.load(export.export(tok, ctx, str(tmp_path / "o.pgvcm")) and str(tmp_path / "o.pgvcm"))
+  with pytest.raises(bitstream.StreamError, match="made with model"):
+    decoder.decode(full_stream, other)
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(data=st.data())
+def test_fuzzed_streams_decode_or_fail_cleanly(model, full_stream, data):
+  raw = bytearray(full_stream)
+  for _ in range(data.draw(st.integers(1, 4))):
+    op = data.draw(st.sampled_from(["flip", "cut", "delete", "insert"]))
+    pos = data.draw(st.integers(0, max(len(raw) - 1, 0)))
+    if op == "flip" and raw:
+      raw[pos] ^= 1 << data.draw(st.integers(0, 7))
+    elif op == "cut":
+      del raw[pos:]
+    elif op == "delete":
+      del raw[pos:pos + data.draw(st.integers(1, 16))]
+    else:
+      raw[pos:pos] = data.draw(st.binary(min_size=1, max_size=8))
+  try:
+    frames = decoder.decode(bytes(raw), model, complete="none")
+  except bitstream.StreamError:
+    return
+  assert frames.dtype == np.uint8 and frames.shape[1:] == (144, 176, 3)
+
+
+# The command line.
+def progvc(*args, timeout=600):
+  return subprocess.run([sys.executable, "-m", "progvc_jax.codec.cli", *map(str, args)], capture_output=True,
+                        text=True, timeout=timeout, cwd=ROOT)
+
+
+@pytest.fixture(scope="module")
+def cli_runs(model_path, tmp_path_factory):
+  """`progvc encode` of a clip, `truncate` to 2 scales, `decode` of both, `info`."""
+  d = tmp_path_factory.mktemp("cli")
+  src = d / "clip.y4m"
+  video.write_video(str(src), video.read_frames(samples.sample_videos()[1], count=FRAMES), 30)
+  runs = {
+      "encode": progvc("encode", src, d / "a.pgvc", "--model", model_path, "--gop", 2),
+      "truncate": progvc("truncate", d / "a.pgvc", d / "b.pgvc", "--scales", 2),
+      "decode_a": progvc("decode", d / "a.pgvc", d / "a.y4m", "--model", model_path),
+      "decode_b": progvc("decode", d / "b.pgvc", d / "b.mp4", "--model", model_path, "--complete", "none"),
+      "info": progvc("info", d / "a.pgvc"),
+  }
+  return d, runs
+
+
+def test_command_line_encode_truncate_decode_info(cli_runs):
+  d, runs = cli_runs
+  for name, run in runs.items():
+    assert run.returncode == 0, (name, run.stderr[-2000:])
+  assert "bpp" in runs["encode"].stdout
+  for out in ("a.y4m", "b.mp4"):
+    info = video.probe(str(d / out))
+    assert (info.width, info.height, info.num_frames) == (176, 144, FRAMES)
+  info = runs["info"].stdout
+  assert "bytes per scale" in info and "container's own bytes" in info and "176x144" in info
+  header, frames = bitstream.read_stream((d / "a.pgvc").read_bytes())
+  per_scale = bitstream.stats(header, frames)["bytes_per_scale"]
+  assert " ".join(f"{k + 1}:{b}" for k, b in enumerate(per_scale)) in info
+  _, cut = bitstream.read_stream((d / "b.pgvc").read_bytes())
+  assert [f.scales for f in cut] == [2] * FRAMES
+
+
+@pytest.mark.parametrize("case", ["truncated", "flipped", "magic", "version", "no_bundle", "corrupt_bundle",
+                                  "bad_video", "empty_video", "other_model"])
+def test_bad_input_gives_one_line_error_and_no_output(case, cli_runs, model_path, tmp_path):
+  d, _ = cli_runs
+  good = (d / "a.pgvc").read_bytes()
+  stream, model, out = tmp_path / "in.pgvc", model_path, tmp_path / "out.y4m"
+  args = None
+  if case == "truncated":
+    stream.write_bytes(good[:len(good) * 2 // 3])
+  elif case == "flipped":
+    bad = bytearray(good)
+    for i in range(len(bad) // 2, len(bad), 7):
+      bad[i] ^= 0x5A
+    stream.write_bytes(bytes(bad))
+  elif case == "magic":
+    stream.write_bytes(b"XXXX" + good[4:])
+  elif case == "version":
+    stream.write_bytes(good[:4] + bytes([99]) + good[5:])
+  elif case == "no_bundle":
+    stream.write_bytes(good)
+    model = tmp_path / "missing.pgvcm"
+  elif case == "corrupt_bundle":
+    stream.write_bytes(good)
+    raw = bytearray(open(model_path, "rb").read())
+    raw[len(raw) // 2] ^= 0xFF
+    model = tmp_path / "corrupt.pgvcm"
+    model.write_bytes(bytes(raw))
+  elif case == "other_model":
+    from progvc_jax import export
+    stream.write_bytes(good)
+    tok, ctx = write_checkpoints(str(tmp_path), seed=9)
+    model = tmp_path / "other.pgvcm"
+    export.export(tok, ctx, str(model))
+  elif case == "bad_video":
+    src = tmp_path / "bad.mp4"
+    src.write_bytes(b"\x00\x00\x00\x18ftypmp42" + os.urandom(2000))
+    args = ("encode", src, tmp_path / "out.pgvc", "--model", model)
+    out = tmp_path / "out.pgvc"
+  elif case == "empty_video":
+    src = tmp_path / "empty.y4m"
+    src.write_bytes(b"YUV4MPEG2 W176 H144 F30:1 Ip A1:1 C420jpeg\n")
+    args = ("encode", src, tmp_path / "out.pgvc", "--model", model)
+    out = tmp_path / "out.pgvc"
+  run = progvc(*(args or ("decode", stream, out, "--model", model, "--complete", "none")))
+  assert run.returncode != 0
+  lines = run.stderr.strip().splitlines()
+  assert lines and lines[-1].startswith("progvc: error: "), run.stderr[-2000:]
+  assert "Traceback" not in run.stderr
+  assert not out.exists() and not [p for p in os.listdir(tmp_path) if p.endswith(".partial")]

@@ -1,0 +1,122 @@
+"""Codec speed and rate: encode and decode frames/s, where the time goes, peak memory, bits.
+
+  python tools/bench_codec.py --model BUNDLE [--sizes 256x256,640x360] [--frames 8] [--out bench.json]
+
+For each size, a clip of a virtual camera panning across one of the sample
+photos (real image content, smooth motion) is encoded at all scales and
+decoded, once untimed (to compile) and then --repeats times. Time is split
+into tokenizer (frames <-> tokens and pixels), context model (the per-scale
+probability steps) and entropy coding (range coder), by timing those calls
+with a device sync. Reported: median frames/s, the shares, peak resident
+memory of the process, and the real payload bits against the model's
+cross-entropy.
+"""
+
+import collections
+import io
+import json
+import resource
+import statistics
+import time
+
+import jax
+import numpy as np
+from absl import app, flags
+
+from progvc_jax.codec import cli, decoder, encoder, entropy
+from progvc_jax.codec.model import CodecModel
+from progvc_jax.data import samples
+
+flags.DEFINE_string("model", None, "Codec bundle (default: the shipped model).")
+flags.DEFINE_string("sizes", "256x256,640x360", "Comma-separated WxH sizes.")
+flags.DEFINE_integer("frames", 8, "Frames per clip.")
+flags.DEFINE_integer("gop", 30, "I-frame interval.")
+flags.DEFINE_integer("repeats", 3, "Timed repetitions (the median is reported).")
+flags.DEFINE_string("out", None, "Also write the figures to this JSON file.")
+FLAGS = flags.FLAGS
+
+
+class Timers:
+  """Wraps the codec's stages with timers that wait for the device."""
+
+  def __init__(self, model: CodecModel):
+    self.seconds = collections.Counter()
+    self._wrap(model, "tokens", "tokenizer")
+    self._wrap(model, "pixels", "tokenizer")
+    self._wrap(model.steps, "predict", "context model")
+    self._wrap(model.steps, "absorb", "context model")
+    self._wrap(entropy, "encode_chunk", "entropy coding")
+    self._wrap(entropy, "decode_chunk", "entropy coding")
+
+  def _wrap(self, owner, name, stage):
+    fn = getattr(owner, name)
+
+    def timed(*args, **kwargs):
+      t = time.perf_counter()
+      out = jax.block_until_ready(fn(*args, **kwargs))
+      self.seconds[stage] += time.perf_counter() - t
+      return out
+    setattr(owner, name, timed)
+
+
+def clip(width: int, height: int, frames: int) -> np.ndarray:
+  photo = samples.sample_photos()[0]
+  return samples.animate(photo, frames, (height, width), np.random.default_rng(0))
+
+
+def bench(model: CodecModel, timers: Timers, width: int, height: int) -> dict:
+  frames = clip(width, height, FLAGS.frames)
+  data = encoder.encode(frames, model, fps=25, gop=FLAGS.gop)  # compiles every shape once
+  decoder.decode(data, model, complete="none")
+  result = {"size": f"{width}x{height}", "frames": FLAGS.frames}
+  for name, run in (("encode", lambda: encoder.encode(frames, model, fps=25, gop=FLAGS.gop)),
+                    ("decode", lambda: decoder.decode(data, model, complete="none"))):
+    walls, shares = [], []
+    for _ in range(FLAGS.repeats):
+      timers.seconds.clear()
+      t = time.perf_counter()
+      run()
+      walls.append(time.perf_counter() - t)
+      shares.append(dict(timers.seconds))
+    wall = statistics.median(walls)
+    result[f"{name}_fps"] = FLAGS.frames / wall
+    for stage in ("tokenizer", "context model", "entropy coding"):
+      result[f"{name}_share_{stage.replace(' ', '_')}"] = statistics.median(s.get(stage, 0.0) / w
+                                                                            for s, w in zip(shares, walls))
+  buf = io.BytesIO()
+  enc = encoder.Encoder(model, buf, height, width, 25, gop=FLAGS.gop)
+  for f in frames:
+    enc.add(f)
+  enc.finish()
+  result["bpp"] = 8 * len(buf.getvalue()) / (width * height * FLAGS.frames)
+  result["payload_bits_over_cross_entropy"] = 8 * enc.writer.payload_bytes / enc.stats["bits_cross_entropy"]
+  result["container_share"] = enc.writer.container_bytes / len(buf.getvalue())
+  return result
+
+
+def main(argv):
+  del argv
+  model = CodecModel.load(FLAGS.model or cli.DEFAULT_MODEL)
+  timers = Timers(model)
+  results = []
+  for size in FLAGS.sizes.split(","):
+    width, height = (int(v) for v in size.lower().split("x"))
+    r = bench(model, timers, width, height)
+    results.append(r)
+    for name in ("encode", "decode"):
+      print(f"{r['size']} {name}: {r[f'{name}_fps']:.2f} frames/s (median of {FLAGS.repeats}); time in "
+            f"tokenizer {100 * r[f'{name}_share_tokenizer']:.0f}%, context model "
+            f"{100 * r[f'{name}_share_context_model']:.0f}%, entropy coding "
+            f"{100 * r[f'{name}_share_entropy_coding']:.1f}%")
+    print(f"{r['size']}: {r['bpp']:.4f} bpp, real payload bits / cross-entropy {r['payload_bits_over_cross_entropy']:.4f}, "
+          f"container share {100 * r['container_share']:.2f}%")
+  peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+  print(f"peak resident memory {peak:.0f} MiB; {jax.device_count()} CPU device(s)")
+  if FLAGS.out:
+    with open(FLAGS.out, "w") as f:
+      json.dump({"model": FLAGS.model or cli.DEFAULT_MODEL, "peak_rss_mib": peak, "results": results}, f, indent=1)
+
+
+if __name__ == "__main__":
+  jax.config.update("jax_platforms", "cpu")
+  app.run(main)
