@@ -18,17 +18,20 @@ import uuid
 DEFAULT_MODEL = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "assets", "default.pgvcm")
 
 
-class UserError(Exception):
+class UserError(ValueError):
   """A problem the user can fix, reported as one line."""
+
+
+def default_model():
+  from progvc_jax.codec.model import CodecModel
+  if not os.path.isfile(DEFAULT_MODEL):
+    raise UserError("no default model is installed with this progvc; pass --model BUNDLE")
+  return CodecModel.load(DEFAULT_MODEL)
 
 
 def _model(path: str | None):
   from progvc_jax.codec.model import CodecModel
-  if path is None:
-    if not os.path.isfile(DEFAULT_MODEL):
-      raise UserError("no default model is installed with this progvc; pass --model BUNDLE")
-    path = DEFAULT_MODEL
-  return CodecModel.load(path)
+  return default_model() if path is None else CodecModel.load(path)
 
 
 def _progress(total: int | None, unit: str, desc: str):

@@ -277,3 +277,48 @@ def test_bad_input_gives_one_line_error_and_no_output(case, cli_runs, model_path
   assert lines and lines[-1].startswith("progvc: error: "), run.stderr[-2000:]
   assert "Traceback" not in run.stderr
   assert not out.exists() and not [p for p in os.listdir(tmp_path) if p.endswith(".partial")]
+
+
+def test_rate_control_keeps_the_most_scales_that_fit(model, clip, full_stream):
+  header, frames = bitstream.read_stream(full_stream)
+  gop_seconds = 2 / 30
+
+  def gop_bytes(k):  # the first GOP (frames 0 and 1) cut to k scales
+    return sum(1 + sum(len(bitstream.encode_varint(len(c.payload))) + 1 + len(c.payload) for c in f.chunks[:k])
+               for f in frames[:2])
+
+  for k in (1, 2, 3):
+    kbps = (gop_bytes(k) + 0.5) * 8 / gop_seconds / 1000  # just enough for k scales
+    _, got = bitstream.read_stream(encoder.encode(clip, model, fps=30, gop=2, target_kbps=kbps))
+    assert [f.scales for f in got[:2]] == [k, k]
+    for a, b in zip(got[:2], frames[:2]):
+      assert [c.payload for c in a.chunks] == [c.payload for c in b.chunks[:k]]
+  _, tiny = bitstream.read_stream(encoder.encode(clip, model, fps=30, gop=2, target_kbps=0.001))
+  assert [f.scales for f in tiny] == [1] * FRAMES  # nothing fits: one scale
+  with pytest.raises(ValueError, match="either scales or target_kbps"):
+    encoder.encode(clip, model, scales=2, target_kbps=10)
+
+
+def test_encoding_streams_frame_by_frame(model, clip):
+  """Frames leave the encoder as they come (one GOP at most is held under rate control),
+  so memory does not grow with the length of the video."""
+  for kwargs, held in (({"scales": 2}, 0), ({"target_kbps": 50.0}, 3)):
+    buf = io.BytesIO()
+    enc = encoder.Encoder(model, buf, 144, 176, 30, gop=3, **kwargs)
+    written = []
+    for i in range(7):
+      enc.add(clip[i % FRAMES])
+      written.append(enc.writer.frames)
+    enc.finish()
+    assert all(i + 1 - w <= held for i, w in enumerate(written)), written
+    assert len(decoder.decode(buf.getvalue(), model, complete="none")) == 7
+
+
+def test_python_api(model_path, clip):
+  from progvc_jax import codec
+  data = codec.encode(clip, model_path, scales=2, gop=2)
+  frames = codec.decode(data, model_path, complete="none")
+  assert frames.shape == clip.shape and frames.dtype == np.uint8
+  if not os.path.exists(codec.cli.DEFAULT_MODEL):
+    with pytest.raises(ValueError, match="no default model"):
+      codec.encode(clip)
