@@ -26,6 +26,7 @@ setup(
         "av>=14,<20",
         "numpy>=2.0,<3",
         "tqdm>=4.60,<5",
+        "scipy>=1.11,<2",
         "imageio-ffmpeg>=0.5,<1",
         "matplotlib>=3.8,<4",
         # The embedded sample dataset: clips and photos shipped in these wheels.

@@ -162,6 +162,9 @@ def main(argv=None) -> int:
   args = parser().parse_args(argv)
   os.environ.setdefault("JAX_PLATFORMS", "cpu")
   os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+  # Compiled per-scale steps are kept between runs: a second run at the same size starts at once.
+  os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", os.path.join(
+      os.environ.get("XDG_CACHE_HOME", os.path.expanduser("~/.cache")), "progvc", "jax"))
   from progvc_jax.codec.bitstream import StreamError
   from progvc_jax.codec.bundle import BundleError
   from progvc_jax.data.video import VideoError
