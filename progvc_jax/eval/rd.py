@@ -1,0 +1,177 @@
+"""A rate-distortion run: progvc's ladder and ffmpeg anchors on one clip, metrics, BD deltas, plots.
+
+progvc's ladder comes from one encode at all scales and its truncations to
+every K (files on disk: bpp from real sizes), each decoded with every
+completion mode asked for; `--target-kbps` encodes add rate-control points.
+Anchors are x264/x265 (and optionally SVT-AV1, VVC) CRF ladders on the same
+frames. Every point is scored against the source frames; BD-rate and
+BD-quality compare each progvc curve with each anchor, per metric.
+"""
+
+import csv
+import json
+import os
+from dataclasses import asdict, dataclass, field
+from typing import Callable, Sequence
+
+import numpy as np
+
+from progvc_jax.codec import bitstream, decoder, encoder
+from progvc_jax.codec.model import CodecModel
+from progvc_jax.eval import anchors, bd, ffmpeg, metrics, plots
+
+METRICS = ("psnr_rgb", "psnr_y", "ms_ssim", "vmaf", "lpips")
+
+
+@dataclass
+class Point:
+  codec: str      # "progvc" or an anchor name
+  mode: str       # completion mode for progvc ("none", "sample", "argmax", or "rate" for --target-kbps)
+  setting: str    # "K=3", "crf=32", "kbps=200"
+  bytes: int
+  bpp: float
+  scores: dict = field(default_factory=dict)
+
+  @property
+  def curve(self) -> str:
+    return self.codec if self.codec != "progvc" else f"progvc-{self.mode}"
+
+
+def score(src: np.ndarray, dec: np.ndarray, use_vmaf: bool, lpips_path: str | None) -> dict:
+  out = {"psnr_rgb": metrics.psnr_rgb(src, dec), "psnr_y": metrics.psnr_y(src, dec),
+         "ms_ssim": metrics.ms_ssim(src, dec)}
+  if use_vmaf:
+    out["vmaf"] = metrics.vmaf(src, dec)
+  if lpips_path:
+    out["lpips"] = metrics.lpips(src, dec, lpips_path)
+  return out
+
+
+def plan(model: CodecModel, modes: Sequence[str], kbps: Sequence[float], codecs: Sequence[str]) -> list[tuple]:
+  """Every point the run will produce, in order: (codec, mode, setting value)."""
+  jobs = []
+  for k in range(1, model.num_scales + 1):
+    jobs += [("progvc", mode, k) for mode in modes]
+  jobs += [("progvc", "rate", r) for r in kbps]
+  for codec in codecs:
+    jobs += [(codec, "", q) for q in anchors.crf_ladder(codec)]
+  return jobs
+
+
+def run(model: CodecModel, frames: np.ndarray, fps: float, out: str, *, modes: Sequence[str] = ("none",),
+        kbps: Sequence[float] = (), codecs: Sequence[str] = ("x264", "x265"), gop: int = 30, seed: int = 0,
+        use_vmaf: bool = True, lpips_path: str | None = None,
+        progress: Callable[[str], None] | None = None) -> dict:
+  """Runs every point of `plan`, writes points.csv, results.json, rd_<metric>.png and strip.png to `out`."""
+  os.makedirs(out, exist_ok=True)
+  t, height, width = frames.shape[:3]
+  if use_vmaf:
+    ffmpeg.require("libvmaf")
+  missing = [c for c in codecs if c not in anchors.available_codecs()]
+  if missing:
+    raise ffmpeg.FFmpegError(f"ffmpeg at {ffmpeg.executable()} cannot encode {', '.join(missing)}")
+  bpp = lambda n: metrics.bits_per_pixel(n, width, height, t)  # noqa: E731
+  points, decoded, all_scales = [], {}, None
+  full = os.path.join(out, "progvc_all_scales.pgvc")
+  encoder.encode_file(model, iter(frames), full, fps, gop=gop)
+  for codec, mode, value in plan(model, modes, kbps, codecs):
+    if progress:
+      progress(f"{codec} {mode} {value}".replace("  ", " "))
+    if codec == "progvc" and value == model.num_scales and all_scales is not None:
+      # Nothing to complete at all scales: every mode decodes the same frames.
+      p, dec = all_scales
+      points.append(Point("progvc", mode, p.setting, p.bytes, p.bpp, dict(p.scores)))
+      decoded[(points[-1].curve, p.setting)] = dec[t // 2]
+      continue
+    if codec == "progvc" and mode != "rate":
+      path = os.path.join(out, f"progvc_K{value}.pgvc")
+      if not os.path.exists(path):
+        with open(full, "rb") as src, open(path, "wb") as dst:
+          bitstream.truncate(src, dst, value)
+      with open(path, "rb") as f:
+        dec = np.stack(list(decoder.decode_frames(model, f, complete=mode, seed=seed)))
+      point = Point("progvc", mode, f"K={value}", os.path.getsize(path), bpp(os.path.getsize(path)))
+    elif codec == "progvc":
+      path = os.path.join(out, f"progvc_{value:g}kbps.pgvc")
+      encoder.encode_file(model, iter(frames), path, fps, gop=gop, target_kbps=value)
+      with open(path, "rb") as f:
+        dec = np.stack(list(decoder.decode_frames(model, f, complete=modes[0], seed=seed)))
+      point = Point("progvc", "rate", f"kbps={value:g}", os.path.getsize(path), bpp(os.path.getsize(path)))
+    else:
+      a = anchors.encode_anchor(codec, frames, fps, value, out)
+      dec = a.frames_decoded
+      point = Point(codec, "", f"crf={value}", a.bytes, bpp(a.bytes))
+    point.scores = score(frames, dec, use_vmaf, lpips_path)
+    points.append(point)
+    if codec == "progvc" and value == model.num_scales and mode != "rate":
+      all_scales = (point, dec)
+    decoded[(point.curve, point.setting)] = dec[t // 2]
+
+  results = {"frames": t, "size": [width, height], "fps": fps, "points": [asdict(p) for p in points],
+             "bd": bd_table(points)}
+  _write_csv(points, os.path.join(out, "points.csv"))
+  with open(os.path.join(out, "results.json"), "w") as f:
+    json.dump(results, f, indent=1)
+  for metric in METRICS:
+    curves = curves_of(points, metric)
+    if curves:
+      plots.rd_plot(curves, metric, os.path.join(out, f"rd_{metric}.png"))
+  plots.frame_strip(strip_rows(frames[t // 2], points, decoded, model.num_scales),
+                    os.path.join(out, "strip.png"))
+  return results
+
+
+def curves_of(points: Sequence[Point], metric: str) -> dict[str, tuple[list, list]]:
+  out: dict[str, tuple[list, list]] = {}
+  for p in points:
+    if metric in p.scores and p.mode != "rate":
+      c = out.setdefault(p.curve, ([], []))
+      c[0].append(p.bpp)
+      c[1].append(p.scores[metric])
+  return out
+
+
+def bd_table(points: Sequence[Point]) -> list[dict]:
+  """BD-rate and BD-quality of every progvc curve against every anchor, per metric."""
+  rows = []
+  for metric in METRICS:
+    curves = curves_of(points, metric)
+    for test in (c for c in curves if c.startswith("progvc")):
+      for ref in (c for c in curves if not c.startswith("progvc")):
+        row = {"metric": metric, "reference": ref, "test": test}
+        (ra, qa), (rb, qb) = curves[ref], curves[test]
+        try:
+          row["bd_rate_percent"] = bd.bd_rate(ra, qa, rb, qb)
+          row["bd_quality"] = bd.bd_quality(ra, qa, rb, qb)
+        except ValueError as e:
+          row["note"] = str(e)
+        rows.append(row)
+  return rows
+
+
+def strip_rows(source: np.ndarray, points: Sequence[Point], decoded: dict, num_scales: int):
+  """Source, progvc at a few K (first completion mode), and the x265 (else x264) point nearest
+  in bpp to progvc's middle K."""
+  rows = [("source", source)]
+  ks = sorted({max(1, num_scales // 3), max(1, 2 * num_scales // 3), num_scales})
+  first = next(p.mode for p in points if p.codec == "progvc")
+  shown = []
+  for k in ks:
+    p = next(p for p in points if p.codec == "progvc" and p.mode == first and p.setting == f"K={k}")
+    rows.append((f"progvc K={k} {p.bpp:.3f} bpp", decoded[(p.curve, p.setting)]))
+    shown.append(p)
+  mid = shown[len(shown) // 2]
+  anchors_ = [p for p in points if p.codec == "x265"] or [p for p in points if p.codec == "x264"]
+  if anchors_:
+    pick = min(anchors_, key=lambda p: abs(np.log(p.bpp / mid.bpp)))
+    rows.append((f"{pick.codec} {pick.setting} {pick.bpp:.3f} bpp", decoded[(pick.curve, pick.setting)]))
+  return rows
+
+
+def _write_csv(points: Sequence[Point], path: str) -> None:
+  with open(path, "w", newline="") as f:
+    w = csv.writer(f)
+    w.writerow(["codec", "mode", "setting", "bytes", "bpp", *METRICS])
+    for p in points:
+      w.writerow([p.codec, p.mode, p.setting, p.bytes, f"{p.bpp:.6f}",
+                  *(f"{p.scores[m]:.6f}" if m in p.scores else "" for m in METRICS)])
