@@ -27,6 +27,7 @@ setup(
         "numpy>=2.0,<3",
         "tqdm>=4.60,<5",
         "scipy>=1.11,<2",
+        "importlib_resources>=6,<8",  # tensorflow-datasets imports it when building a dataset
         "imageio-ffmpeg>=0.5,<1",
         "matplotlib>=3.8,<4",
         # The embedded sample dataset: clips and photos shipped in these wheels.

@@ -56,7 +56,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.ema_decay = 0.99 if arg.variant == "tiny" else 0.999
 
   c.data = dict(clip_len=arg.frames, crop=crop, num_photo_clips=256,
-                worker_count=0 if arg.runlocal else 2, videos=())
+                worker_count=0 if arg.runlocal else 2, videos=(),
+                # A TFDS dataset (array_record) to read instead, e.g. from progvc_jax.data.build.
+                tfds_name="", tfds_data_dir="", tfds_split="train", tfds_video_key="video")
 
   c.log_every = 10 if arg.variant == "tiny" else 100
   c.eval_every = 100 if arg.variant == "tiny" else 5000

@@ -69,7 +69,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.codebook = dict(usage_decay=0.99, revive_every=200, revive_threshold=0.03)
 
   c.data = dict(clip_len=1, crop=crop, num_photo_clips=256, worker_count=0 if arg.runlocal else 2,
-                videos=())  # extra video files; the embedded samples are always used
+                videos=(),  # extra video files, read with the embedded samples
+                # A TFDS dataset (array_record) to read instead, e.g. from progvc_jax.data.build.
+                tfds_name="", tfds_data_dir="", tfds_split="train", tfds_video_key="video")
 
   c.log_every = 10 if arg.variant == "tiny" else 100
   c.eval_every = 100 if arg.variant == "tiny" else 5000

@@ -14,10 +14,19 @@ from progvc_jax import sharding
 
 def make_input(config, seed: int, shard_index: int, shard_count: int, worker_count: int):
   """This process's grain iterator of uint8 clip batches (B / processes, T, crop, crop, 3)
-  over the embedded dataset and `config.data.videos`."""
+  over the TFDS dataset `config.data.tfds_name` if set, else over the embedded
+  dataset and `config.data.videos`."""
+  local = config.batch_size // shard_count
+  if config.data.get("tfds_name"):
+    from progvc_jax.data import tfds_pipeline  # Deferred: only training reads datasets.
+
+    return tfds_pipeline.make_tfds_dataset(
+        config.data.tfds_name, config.data.tfds_data_dir, split=config.data.tfds_split,
+        clip_len=config.data.clip_len, crop=(config.data.crop, config.data.crop),
+        batch_size=local, seed=seed, shard_index=shard_index, shard_count=shard_count,
+        worker_count=worker_count, video_key=config.data.tfds_video_key)
   from progvc_jax.data import pipeline  # video decoding is needed only when training
 
-  local = config.batch_size // shard_count
   return pipeline.default_dataset(
       extra_videos=tuple(config.data.videos), clip_len=config.data.clip_len,
       crop=(config.data.crop, config.data.crop), batch_size=local, seed=seed,
