@@ -48,6 +48,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.model = dict(MODELS[arg.variant], context="additive")
 
   c.mesh = (-1, 1, 1)
+  c.mesh_dcn = (1, 1, 1)  # ways each axis splits across slices (multi-slice / multi-host DCN)
   c.sharding_rules = dict(conv_in="fsdp", conv_out="model", embed="fsdp", vocab="model",
                           mlp="model", heads="model", norm=None)
 

@@ -53,6 +53,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
 
   # Mesh sizes (data, fsdp, model); -1 takes the remaining devices.
   c.mesh = (-1, 1, 1)
+  c.mesh_dcn = (1, 1, 1)  # ways each axis splits across slices (multi-slice / multi-host DCN)
   # Logical axis name -> mesh axis (or None: replicated).
   c.sharding_rules = dict(conv_in="fsdp", conv_out="model", embed="fsdp", vocab="model",
                           mlp="model", heads="model", norm=None)

@@ -20,6 +20,7 @@ import shutil
 
 import grain
 import jax
+from etils import epath
 import numpy as np
 import orbax.checkpoint as ocp
 from flax import nnx
@@ -49,16 +50,25 @@ def restore_train(manager: ocp.CheckpointManager, abstract_state, data_iter, ste
 
   `abstract_state` holds jax.ShapeDtypeStruct leaves with the shardings the
   restoring run wants, so a checkpoint from one mesh restores onto another.
-  The data iterator is moved to its saved position in place. Returns the
+  The data iterator is moved to its saved position in place, also when the
+  checkpoint was saved by another number of processes: every process takes
+  the same number of batches of one global stream (data/pipeline.py), so the
+  position carries over as long as the global batch is the same. Returns the
   state, or None when there is no checkpoint.
   """
   step = manager.latest_step() if step is None else step
   if step is None:
     return None
   args = {"state": ocp.args.StandardRestore(abstract_state)}
-  if data_iter is not None:
+  data_dir = epath.Path(manager.directory) / str(step) / "data"
+  own = data_dir / f"process_{jax.process_index()}-of-{jax.process_count()}.json"
+  saved = sorted(data_dir.glob("process_*-of-*.json")) if data_dir.exists() else []
+  if data_iter is not None and (own.exists() or not saved):
     args["data"] = grain.checkpoint.CheckpointRestore(data_iter)
-  return manager.restore(step, args=ocp.args.Composite(**args))["state"]
+  state = manager.restore(step, args=ocp.args.Composite(**args))["state"]
+  if data_iter is not None and saved and not own.exists():
+    data_iter.set_state(json.loads(saved[0].read_text()))
+  return state
 
 
 def save_params(directory: str, params: dict, kind: str, model: dict) -> None:

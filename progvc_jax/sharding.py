@@ -17,6 +17,7 @@ import jax
 import numpy as np
 import optax
 from flax import nnx
+from jax.experimental import mesh_utils
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec as P
 
 AXES = ("data", "fsdp", "model")
@@ -41,11 +42,29 @@ def mesh_shape(sizes: Sequence[int], num_devices: int) -> tuple[int, ...]:
   return tuple(sizes)
 
 
-def make_mesh(sizes: Sequence[int], devices=None) -> Mesh:
-  """A (data, fsdp, model) mesh over `devices` (all devices by default)."""
+def make_mesh(sizes: Sequence[int], devices=None, dcn: Sequence[int] | None = None) -> Mesh:
+  """A (data, fsdp, model) mesh over `devices` (all devices by default).
+
+  `sizes` is the whole mesh; `dcn` (default all 1) says how many ways each
+  axis is split across slices, which talk over the data-centre network (DCN)
+  rather than the chips' own interconnect (ICI). Each slice then holds an
+  ICI block of sizes / dcn, laid out by `mesh_utils.create_hybrid_device_mesh`
+  so that only the DCN-split axes (typically `data`: one gradient all-reduce a
+  step) cross slices while fsdp and model stay on fast links. Where the
+  devices tell no slices apart (CPU and GPU processes), each process is a slice.
+  """
   devices = list(jax.devices() if devices is None else devices)
   shape = mesh_shape(sizes, len(devices))
-  return jax.make_mesh(shape, AXES, axis_types=(AxisType.Auto,) * len(AXES), devices=devices)
+  dcn = (1,) * len(AXES) if dcn is None else tuple(int(d) for d in dcn)
+  if len(dcn) != len(AXES) or any(d < 1 or s % d for s, d in zip(shape, dcn)):
+    raise ValueError(f"mesh_dcn {dcn} must be positive and divide the mesh {dict(zip(AXES, shape))}")
+  types = (AxisType.Auto,) * len(AXES)
+  if all(d == 1 for d in dcn):
+    return jax.make_mesh(shape, AXES, axis_types=types, devices=devices)
+  ici = tuple(s // d for s, d in zip(shape, dcn))
+  one_slice = len({getattr(d, "slice_index", 0) for d in devices}) == 1
+  grid = mesh_utils.create_hybrid_device_mesh(ici, dcn, devices, process_is_granule=one_slice)
+  return Mesh(grid, AXES, axis_types=types)
 
 
 def spec_for(logical: Sequence[str | None], shape: Sequence[int], rules: dict[str, Any],

@@ -1,11 +1,14 @@
-"""Pieces every progvc trainer uses: optimizer, EMA, guards, batches, progress."""
+"""Pieces every progvc trainer uses: optimizer, EMA, guards, batches, progress, preemption."""
 
+import signal
+import threading
 import time
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+import orbax.checkpoint as ocp
 from absl import logging
 from clu import metrics
 
@@ -75,6 +78,39 @@ def device_batch(mesh, local: np.ndarray) -> jax.Array:
 def to_unit_range(frames: jax.Array) -> jax.Array:
   """uint8 pixels -> float32 in [-1, 1]."""
   return frames.astype(jnp.float32) / 127.5 - 1.0
+
+
+class Preemption:
+  """Tells the loop when to save a checkpoint and stop because the job is being preempted.
+
+  The notice is SIGTERM (what TPU maintenance, SLURM and Kubernetes send).
+  One process: a handler sets a flag, and a second SIGTERM stops at once. Several
+  processes must stop at the same step, so JAX's preemption service (enabled by
+  jax.distributed.initialize, which then owns SIGTERM) agrees on one; Orbax's
+  `reached_preemption(step)` asks it, and must be called at every step.
+  """
+
+  def __init__(self, manager: ocp.CheckpointManager):
+    self.manager, self.flag, self.previous = manager, threading.Event(), None
+    if jax.process_count() == 1 and threading.current_thread() is threading.main_thread():
+      self.previous = signal.signal(signal.SIGTERM, self._notice) or signal.SIG_DFL
+
+  def _notice(self, signum, frame) -> None:
+    del frame
+    self.flag.set()
+    signal.signal(signum, self.previous)
+    self.previous = None
+
+  def requested(self, step: int) -> bool:
+    if jax.process_count() > 1:
+      return self.manager.reached_preemption(step)
+    return self.flag.is_set()
+
+  def close(self) -> None:
+    """Gives SIGTERM back to whoever had it before."""
+    if self.previous is not None:
+      signal.signal(signal.SIGTERM, self.previous)
+      self.previous = None
 
 
 class LogWindow:

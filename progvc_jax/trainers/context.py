@@ -179,7 +179,7 @@ def train_and_evaluate(config, workdir: str, stop_at: int | None = None):
   stop_at: end this run after that step with a checkpoint; the next run resumes.
   """
   # --- Mesh.
-  mesh = sharding.make_mesh(config.mesh)
+  mesh = sharding.make_mesh(config.mesh, dcn=config.mesh_dcn)
   if config.batch_size % (jax.process_count() * config.grad_accum):
     raise ValueError(f"batch_size {config.batch_size} must divide by processes x grad_accum")
   logging.info("mesh %s on %d devices, %d processes", dict(mesh.shape), jax.device_count(), jax.process_count())
@@ -219,6 +219,7 @@ def train_and_evaluate(config, workdir: str, stop_at: int | None = None):
 
   # --- Loop.
   last = config.total_steps if stop_at is None else min(stop_at, config.total_steps)
+  preemption = common.Preemption(manager)
   for step in range(first + 1, last + 1):
     with jax.profiler.StepTraceAnnotation("train", step_num=step):
       state, figures = trainer.step(state, tok_params, common.device_batch(mesh, next(train_iter)))
@@ -227,8 +228,13 @@ def train_and_evaluate(config, workdir: str, stop_at: int | None = None):
       log.write(step)
     if step % config.eval_every == 0 or step == config.total_steps:
       run_eval(trainer, state, tok_params, eval_batches, mesh, writer, step)
-    if step % config.ckpt_every == 0 or step == last:
+    preempted = preemption.requested(step)
+    if step % config.ckpt_every == 0 or step == last or preempted:
       checkpointing.save_train(manager, step, state, train_iter)
+    if preempted:
+      logging.warning("preempted: saved step %d, stopping; rerun to resume", step)
+      break
+  preemption.close()
   manager.wait_until_finished()
   writer.flush()
   return state

@@ -214,7 +214,7 @@ def train_and_evaluate(config, workdir: str, stop_at: int | None = None):
   the next run resumes from it.
   """
   # --- Mesh.
-  mesh = sharding.make_mesh(config.mesh)
+  mesh = sharding.make_mesh(config.mesh, dcn=config.mesh_dcn)
   if config.batch_size % (jax.process_count() * config.grad_accum):
     raise ValueError(f"batch_size {config.batch_size} must divide by processes x grad_accum")
   crop, pixel_tile = config.data.crop, 2 ** (len(config.model["ch_mult"]) - 1) * config.model["tile"]
@@ -255,6 +255,7 @@ def train_and_evaluate(config, workdir: str, stop_at: int | None = None):
 
   # --- Loop.
   last = config.total_steps if stop_at is None else min(stop_at, config.total_steps)
+  preemption = common.Preemption(manager)
   for step in range(first + 1, last + 1):
     with jax.profiler.StepTraceAnnotation("train", step_num=step):
       batch = common.device_batch(mesh, next(train_iter))
@@ -266,8 +267,13 @@ def train_and_evaluate(config, workdir: str, stop_at: int | None = None):
     if step % config.eval_every == 0 or step == config.total_steps:
       run_eval(trainer, state, eval_batches, mesh, writer, step)
 
-    if step % config.ckpt_every == 0 or step == last:
+    preempted = preemption.requested(step)
+    if step % config.ckpt_every == 0 or step == last or preempted:
       checkpointing.save_train(manager, step, state, train_iter)
+    if preempted:
+      logging.warning("preempted: saved step %d, stopping; rerun to resume", step)
+      break
+  preemption.close()
   manager.wait_until_finished()
   writer.flush()
   return state
