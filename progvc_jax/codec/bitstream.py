@@ -170,8 +170,14 @@ def _check_frame(index: int, kind: int, scales: int, prev_scales: int | None, nu
                         "the scale count may rise only at an I-frame")
 
 
-def _frame_container_bytes(frame: Frame) -> int:
-  return 1 + sum(len(encode_varint(len(c.payload))) + 1 for c in frame.chunks)
+def frame_container_bytes(frame: Frame, scales: int | None = None) -> int:
+  """The container's own bytes of a frame (cut to its first `scales` chunks): type byte, lengths, checksums."""
+  return 1 + sum(len(encode_varint(len(c.payload))) + 1 for c in frame.chunks[:scales])
+
+
+def frame_bytes(frame: Frame, scales: int | None = None) -> int:
+  """All bytes a frame (cut to its first `scales` chunks) takes in the stream."""
+  return frame_container_bytes(frame, scales) + sum(len(c.payload) for c in frame.chunks[:scales])
 
 
 class Writer:
@@ -203,7 +209,7 @@ class Writer:
       out.append(chunk.checksum)
       out += chunk.payload
     self.f.write(out)
-    self.container_bytes += _frame_container_bytes(frame)
+    self.container_bytes += frame_container_bytes(frame)
     self.payload_bytes += sum(len(c.payload) for c in frame.chunks)
     self.frames += 1
     self._prev_scales = frame.scales
@@ -365,7 +371,7 @@ def truncate(src: BinaryIO, dst: BinaryIO, scales: int, frames: tuple[int, int] 
 
 def stats(header: Header, frames: list[Frame]) -> dict:
   """Sizes of a stream: total, container's own bytes and share, per frame (all bytes) and per scale (payloads)."""
-  per_frame = [_frame_container_bytes(f) + sum(len(c.payload) for c in f.chunks) for f in frames]
+  per_frame = [frame_bytes(f) for f in frames]
   per_scale = [0] * header.num_scales
   for f in frames:
     for k, c in enumerate(f.chunks):

@@ -32,14 +32,12 @@ class BundleError(ValueError):
   """A bundle that is missing, corrupt, or not a progvc bundle."""
 
 
-def _flatten(tree: dict, prefix: str) -> dict[str, np.ndarray]:
+def _flatten(tree: dict, prefix: str) -> dict:
+  """{"a": {"0": x}} -> {"prefix/a/0": x}."""
   out = {}
   for key, value in tree.items():
     name = f"{prefix}/{key}"
-    if isinstance(value, dict):
-      out.update(_flatten(value, name))
-    else:
-      out[name] = np.ascontiguousarray(np.asarray(value, np.float32))
+    out.update(_flatten(value, name) if isinstance(value, dict) else {name: value})
   return out
 
 
@@ -71,7 +69,8 @@ def write_bundle(path: str, tokenizer_args: dict, tokenizer_params: dict, contex
                  context_params: dict) -> bytes:
   """Writes a bundle atomically (a temporary file renamed into place); returns its fingerprint."""
   models = json.loads(json.dumps({"tokenizer": tokenizer_args, "context": context_args}))
-  arrays = {**_flatten(tokenizer_params, "tokenizer"), **_flatten(context_params, "context")}
+  arrays = {name: np.ascontiguousarray(np.asarray(value, np.float32)) for name, value in
+            {**_flatten(tokenizer_params, "tokenizer"), **_flatten(context_params, "context")}.items()}
   fp = fingerprint(models, arrays)
   meta = {"format": FORMAT, "version": VERSION, "models": models, "fingerprint": fp.hex()}
   folder = os.path.dirname(os.path.abspath(path))
@@ -109,21 +108,13 @@ def _build(cls, args: dict, params: dict, path: str, what: str):
   except (TypeError, ValueError) as e:
     raise BundleError(f"{path}: its {what} arguments are invalid: {e}") from None
   graphdef, state = nnx.split(abstract)
-  want = {k: v.shape for k, v in _flatten_shapes(nnx.to_pure_dict(state)).items()}
-  have = {k: v.shape for k, v in _flatten_shapes(params).items()}
+  want = {k: v.shape for k, v in _flatten(nnx.to_pure_dict(state), "").items()}
+  have = {k: v.shape for k, v in _flatten(params, "").items()}
   if want != have:
     bad = sorted(k for k in set(want) | set(have) if want.get(k) != have.get(k))
     raise BundleError(f"{path}: its {what} weights do not fit its arguments ({', '.join(bad[:3])})")
   nnx.replace_by_pure_dict(state, params)
   return nnx.merge(graphdef, state)
-
-
-def _flatten_shapes(tree: dict, prefix: str = "") -> dict:
-  out = {}
-  for key, value in tree.items():
-    name = f"{prefix}/{key}" if prefix else str(key)
-    out.update(_flatten_shapes(value, name) if isinstance(value, dict) else {name: value})
-  return out
 
 
 def load_bundle(path: str) -> Bundle:

@@ -62,11 +62,6 @@ def code_frame(model: CodecModel, frame: np.ndarray, kind: int, prev, scales: in
   return bitstream.Frame(kind, chunks), ctx, bits
 
 
-def _frame_bytes(frame: bitstream.Frame, scales: int) -> int:
-  """Bytes of `frame` in the container when cut to `scales` chunks."""
-  return 1 + sum(len(bitstream.encode_varint(len(c.payload))) + 1 + len(c.payload) for c in frame.chunks[:scales])
-
-
 class Encoder:
   """Streams frames into a container file object.
 
@@ -121,7 +116,7 @@ class Encoder:
     if self.budget is not None:
       keep = 1
       for k in range(self.model.num_scales, 0, -1):
-        if sum(_frame_bytes(f, k) for f, _ in self.pending) <= self.budget:
+        if sum(bitstream.frame_bytes(f, k) for f, _ in self.pending) <= self.budget:
           keep = k
           break
     n = self.model.tile_grid(self.height, self.width)

@@ -284,8 +284,7 @@ def test_rate_control_keeps_the_most_scales_that_fit(model, clip, full_stream):
   gop_seconds = 2 / 30
 
   def gop_bytes(k):  # the first GOP (frames 0 and 1) cut to k scales
-    return sum(1 + sum(len(bitstream.encode_varint(len(c.payload))) + 1 + len(c.payload) for c in f.chunks[:k])
-               for f in frames[:2])
+    return sum(bitstream.frame_bytes(f, k) for f in frames[:2])
 
   for k in (1, 2, 3):
     kbps = (gop_bytes(k) + 0.5) * 8 / gop_seconds / 1000  # just enough for k scales
