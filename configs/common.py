@@ -1,4 +1,4 @@
-"""Helpers shared by the configs: parsing of `--config file.py:arg` strings."""
+"""Helpers shared by the configs: parsing of `--config file.py:arg` strings, and the fields every stage has."""
 
 import ml_collections
 
@@ -33,3 +33,31 @@ def parse_arg(arg: str | None, **defaults) -> ml_collections.ConfigDict:
       except ValueError:
         raise ValueError(f"config argument {key}={value!r} is not a {kind.__name__}") from None
   return out
+
+
+def add_mesh(c: ml_collections.ConfigDict) -> None:
+  """Mesh sizes (data, fsdp, model; -1 takes the remaining devices), their DCN split, and axis rules."""
+  c.mesh = (-1, 1, 1)
+  c.mesh_dcn = (1, 1, 1)  # ways each axis splits across slices (multi-slice / multi-host DCN)
+  # Logical axis name -> mesh axis (or None: replicated).
+  c.sharding_rules = dict(conv_in="fsdp", conv_out="model", embed="fsdp", vocab="model",
+                          mlp="model", heads="model", norm=None)
+
+
+def data_fields(clip_len: int, crop: int, runlocal: bool) -> dict:
+  """The input pipeline's config: the embedded samples plus extra videos, or a TFDS dataset."""
+  return dict(clip_len=clip_len, crop=crop, num_photo_clips=256, worker_count=0 if runlocal else 2,
+              videos=(),  # extra video files, read with the embedded samples
+              # A TFDS dataset (array_record) to read instead, e.g. from progvc_jax.data.build.
+              tfds_name="", tfds_data_dir="", tfds_split="train", tfds_video_key="video")
+
+
+def add_loop(c: ml_collections.ConfigDict, tiny: bool, runlocal: bool, eval_batches: int) -> None:
+  """How often the loop logs, evaluates and checkpoints, and how many checkpoints it keeps."""
+  c.log_every = 10 if tiny else 100
+  c.eval_every = 100 if tiny else 5000
+  c.eval_batches = eval_batches
+  c.ckpt_every = 200 if tiny else 5000
+  c.keep_ckpts = 3
+  if runlocal:
+    c.log_every, c.eval_every, c.ckpt_every, c.eval_batches = 5, 10, 10, 1

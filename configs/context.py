@@ -47,27 +47,15 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   # "additive" or "cross": how the previous frame's scales <= k enter scale k.
   c.model = dict(MODELS[arg.variant], context="additive")
 
-  c.mesh = (-1, 1, 1)
-  c.mesh_dcn = (1, 1, 1)  # ways each axis splits across slices (multi-slice / multi-host DCN)
-  c.sharding_rules = dict(conv_in="fsdp", conv_out="model", embed="fsdp", vocab="model",
-                          mlp="model", heads="model", norm=None)
+  common.add_mesh(c)
 
   c.optimizer = dict(lr=1e-3 if arg.variant == "tiny" else 3e-4, warmup_steps=50 if arg.variant == "tiny" else 2000,
                      end_lr_factor=0.1, b1=0.9, b2=0.95, weight_decay=0.05, grad_clip=1.0)
   c.ema_decay = 0.99 if arg.variant == "tiny" else 0.999
 
-  c.data = dict(clip_len=arg.frames, crop=crop, num_photo_clips=256,
-                worker_count=0 if arg.runlocal else 2, videos=(),
-                # A TFDS dataset (array_record) to read instead, e.g. from progvc_jax.data.build.
-                tfds_name="", tfds_data_dir="", tfds_split="train", tfds_video_key="video")
+  c.data = common.data_fields(arg.frames, crop, arg.runlocal)
 
-  c.log_every = 10 if arg.variant == "tiny" else 100
-  c.eval_every = 100 if arg.variant == "tiny" else 5000
-  c.eval_batches = 4
-  c.ckpt_every = 200 if arg.variant == "tiny" else 5000
-  c.keep_ckpts = 3
-  if arg.runlocal:
-    c.log_every, c.eval_every, c.ckpt_every, c.eval_batches = 5, 10, 10, 1
+  common.add_loop(c, arg.variant == "tiny", arg.runlocal, eval_batches=4)
   return c
 
 

@@ -52,11 +52,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
                 norm_groups=32 if arg.variant != "tiny" else 16)
 
   # Mesh sizes (data, fsdp, model); -1 takes the remaining devices.
-  c.mesh = (-1, 1, 1)
-  c.mesh_dcn = (1, 1, 1)  # ways each axis splits across slices (multi-slice / multi-host DCN)
-  # Logical axis name -> mesh axis (or None: replicated).
-  c.sharding_rules = dict(conv_in="fsdp", conv_out="model", embed="fsdp", vocab="model",
-                          mlp="model", heads="model", norm=None)
+  common.add_mesh(c)
 
   c.optimizer = dict(lr=4e-4 if arg.variant == "tiny" else 2e-4, warmup_steps=100 if arg.variant == "tiny" else 2000,
                      end_lr_factor=0.1, b1=0.5, b2=0.9, weight_decay=0.0, grad_clip=1.0)
@@ -69,18 +65,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.random_prefix = 0.5  # share of frames decoded from a random prefix of scales
   c.codebook = dict(usage_decay=0.99, revive_every=200, revive_threshold=0.03)
 
-  c.data = dict(clip_len=1, crop=crop, num_photo_clips=256, worker_count=0 if arg.runlocal else 2,
-                videos=(),  # extra video files, read with the embedded samples
-                # A TFDS dataset (array_record) to read instead, e.g. from progvc_jax.data.build.
-                tfds_name="", tfds_data_dir="", tfds_split="train", tfds_video_key="video")
+  c.data = common.data_fields(1, crop, arg.runlocal)
 
-  c.log_every = 10 if arg.variant == "tiny" else 100
-  c.eval_every = 100 if arg.variant == "tiny" else 5000
-  c.eval_batches = 2
-  c.ckpt_every = 200 if arg.variant == "tiny" else 5000
-  c.keep_ckpts = 3
-  if arg.runlocal:
-    c.log_every, c.eval_every, c.ckpt_every, c.eval_batches = 5, 10, 10, 1
+  common.add_loop(c, arg.variant == "tiny", arg.runlocal, eval_batches=2)
   return c
 
 
