@@ -8,6 +8,12 @@ VAR's names (encoder.down[i].block[j].norm1, ...), so VAR's released weights
 load by renaming alone (see progvc_jax/convert_var.py) and the VAR-exact
 variant is simply a config (`configs/tokenizer.py:var_f16`).
 
+A `patch` factor above 1 makes a cheaper network for CPU codecs: the
+encoder starts by folding each patch x patch block of pixels into channels
+(space-to-depth) and the decoder ends by unfolding its last conv's channels
+back into pixels (depth-to-space), so no conv runs at full resolution. The
+downsample factor is then patch x 2^(levels - 1). patch=1 is VAR's network.
+
 Frames of any size are edge-padded to a multiple of the pixel tile
 (latent tile x downsample factor). The encoder and decoder run on the whole
 padded frame, so there are no pixel seams; the quantizer works on fixed
@@ -100,12 +106,31 @@ class Mid(nnx.Module):
     return self.block_2(x)
 
 
+def space_to_depth(x: jax.Array, p: int) -> jax.Array:
+  """(B, H, W, C) -> (B, H/p, W/p, p*p*C), each p x p block's pixels in row-major order."""
+  if p == 1:
+    return x
+  b, h, w, c = x.shape
+  x = x.reshape(b, h // p, p, w // p, p, c).transpose(0, 1, 3, 2, 4, 5)
+  return x.reshape(b, h // p, w // p, p * p * c)
+
+
+def depth_to_space(x: jax.Array, p: int) -> jax.Array:
+  """The inverse of space_to_depth."""
+  if p == 1:
+    return x
+  b, h, w, c = x.shape
+  x = x.reshape(b, h, w, p, p, c // (p * p)).transpose(0, 1, 3, 2, 4, 5)
+  return x.reshape(b, h * p, w * p, c // (p * p))
+
+
 class Encoder(nnx.Module):
 
   def __init__(self, *, ch, ch_mult, num_res_blocks, z_channels, using_sa, using_mid_sa,
-               groups, dtype, rngs):
+               groups, patch, dtype, rngs):
     n = len(ch_mult)
-    self.conv_in = layers.Conv(3, ch, 3, dtype=dtype, rngs=rngs)
+    self.patch = patch
+    self.conv_in = layers.Conv(3 * patch * patch, ch, 3, dtype=dtype, rngs=rngs)
     mults = (1,) + tuple(ch_mult)
     self.down = nnx.List([
         Level(ch * mults[i], ch * mults[i + 1], num_res_blocks, using_sa and i == n - 1,
@@ -116,7 +141,7 @@ class Encoder(nnx.Module):
     self.conv_out = layers.Conv(top, z_channels, 3, dtype=dtype, rngs=rngs)
 
   def __call__(self, x):
-    h = self.conv_in(x)
+    h = self.conv_in(space_to_depth(x, self.patch))
     for level in self.down:
       h = level(h)
     return self.conv_out(layers.swish(self.norm_out(self.mid(h))))
@@ -126,8 +151,9 @@ class Decoder(nnx.Module):
   """Mirror of the encoder; `up[i]` is the level at the resolution of `down[i]`."""
 
   def __init__(self, *, ch, ch_mult, num_res_blocks, z_channels, using_sa, using_mid_sa,
-               groups, dtype, rngs):
+               groups, patch, dtype, rngs):
     n = len(ch_mult)
+    self.patch = patch
     top = ch * ch_mult[-1]
     self.conv_in = layers.Conv(z_channels, top, 3, dtype=dtype, rngs=rngs)
     self.mid = Mid(top, using_mid_sa, groups, dtype, rngs)
@@ -138,7 +164,7 @@ class Decoder(nnx.Module):
         Level(cin[i], ch * ch_mult[i], num_res_blocks + 1, using_sa and i == n - 1,
               "up" if i != 0 else None, groups, dtype, rngs) for i in range(n)])
     self.norm_out = layers.GroupNorm(ch * ch_mult[0], groups, rngs=rngs)
-    self.conv_out = layers.Conv(ch * ch_mult[0], 3, 3, dtype=dtype, rngs=rngs)
+    self.conv_out = layers.Conv(ch * ch_mult[0], 3 * patch * patch, 3, dtype=dtype, rngs=rngs)
 
   def features(self, z):
     """The input of the last conv (`conv_out`)."""
@@ -148,7 +174,11 @@ class Decoder(nnx.Module):
     return layers.swish(self.norm_out(h))
 
   def __call__(self, z):
-    return self.conv_out(self.features(z))
+    return self.output(self.features(z))
+
+  def output(self, features):
+    """Pixels from the features: conv_out, then depth-to-space when patch > 1."""
+    return depth_to_space(self.conv_out(features), self.patch)
 
 
 def pad_to_multiple(x: jax.Array, multiple: int) -> jax.Array:
@@ -167,10 +197,14 @@ class Tokenizer(nnx.Module):
                num_res_blocks: int = 2, z_channels: int = 32, using_sa: bool = True,
                using_mid_sa: bool = True, norm_groups: int = 32, vocab_size: int = 4096,
                tile: int = 16, schedule: Sequence[int] | None = None, num_phi: int = 4,
-               phi_ratio: float = 0.5, beta: float = 0.25, dtype=jnp.float32, rngs: nnx.Rngs):
+               phi_ratio: float = 0.5, beta: float = 0.25, patch: int = 1, dtype=jnp.float32,
+               rngs: nnx.Rngs):
+    if patch < 1:
+      raise ValueError(f"tokenizer patch must be at least 1, got {patch}")
     net = dict(ch=ch, ch_mult=tuple(ch_mult), num_res_blocks=num_res_blocks, z_channels=z_channels,
-               using_sa=using_sa, using_mid_sa=using_mid_sa, groups=norm_groups, dtype=dtype, rngs=rngs)
-    self.downsample = 2 ** (len(ch_mult) - 1)
+               using_sa=using_sa, using_mid_sa=using_mid_sa, groups=norm_groups, patch=patch,
+               dtype=dtype, rngs=rngs)
+    self.downsample = patch * 2 ** (len(ch_mult) - 1)
     self.tile = tile
     self.encoder = Encoder(**net)
     self.quant_conv = layers.Conv(z_channels, z_channels, 3, rngs=rngs)
@@ -244,6 +278,6 @@ class Tokenizer(nnx.Module):
     tiles = self.to_tiles(f)
     fq, aux = self.quantizer(tiles, tile_keep)
     feats = self.decoder.features(self.post_quant_conv(self.from_tiles(fq, rows, cols)))
-    rec = self.decoder.conv_out(feats)
+    rec = self.decoder.output(feats)
     aux.update(latent=jax.lax.stop_gradient(tiles), last_features=feats)
     return rec.astype(jnp.float32)[:, :height, :width], aux

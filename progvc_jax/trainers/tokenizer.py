@@ -23,6 +23,7 @@ from flax import nnx
 from progvc_jax import checkpointing, losses, sharding
 from progvc_jax.models import quantizer as qz
 from progvc_jax.models.discriminator import PatchDiscriminator
+from progvc_jax.models import tokenizer
 from progvc_jax.models.tokenizer import Tokenizer
 from progvc_jax.trainers import common
 
@@ -121,7 +122,8 @@ class Trainer:
       feats = jax.lax.stop_gradient(aux["last_features"])
       kernel, bias = params["decoder"]["conv_out"]["kernel"], params["decoder"]["conv_out"]["bias"]
       dmodel = nnx.merge(self.disc_def, disc)
-      g_of = lambda loss_fn: jax.grad(lambda k: loss_fn(conv_out.apply(feats, k, bias).astype(jnp.float32)))(kernel)
+      pixels = lambda k: tokenizer.depth_to_space(conv_out.apply(feats, k, bias), tok.decoder.patch)
+      g_of = lambda loss_fn: jax.grad(lambda k: loss_fn(pixels(k).astype(jnp.float32)))(kernel)
       g_rec = g_of(lambda r: self._reconstruction_loss(r, x))
       g_gan = g_of(lambda r: losses.hinge_g_loss(dmodel(r)))
       factor = losses.gan_start_factor(step, c.loss.gan_start) * c.loss.gan
@@ -217,7 +219,8 @@ def train_and_evaluate(config, workdir: str, stop_at: int | None = None):
   mesh = sharding.make_mesh(config.mesh, dcn=config.mesh_dcn)
   if config.batch_size % (jax.process_count() * config.grad_accum):
     raise ValueError(f"batch_size {config.batch_size} must divide by processes x grad_accum")
-  crop, pixel_tile = config.data.crop, 2 ** (len(config.model["ch_mult"]) - 1) * config.model["tile"]
+  crop = config.data.crop
+  pixel_tile = config.model.get("patch", 1) * 2 ** (len(config.model["ch_mult"]) - 1) * config.model["tile"]
   if crop % pixel_tile:
     raise ValueError(f"data.crop {crop} must be a multiple of the pixel tile {pixel_tile}")
   logging.info("mesh %s on %d devices, %d processes", dict(mesh.shape), jax.device_count(), jax.process_count())

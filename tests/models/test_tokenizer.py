@@ -7,6 +7,7 @@ import pytest
 from flax import nnx
 
 from configs import tokenizer as tokenizer_config
+from progvc_jax.models import tokenizer as tokenizer_lib
 from progvc_jax.models.tokenizer import Tokenizer
 
 # The tiny config's shape (downsample 8, 8 x 8 latent tiles) at test width.
@@ -82,11 +83,49 @@ def test_every_parameter_has_logical_axes(tok):
     assert any(a is not None for a in axes), path
 
 
-@pytest.mark.parametrize("variant", ["tiny", "base", "large", "var_f16"])
+@pytest.mark.parametrize("variant", ["tiny", "default", "base", "large", "var_f16"])
 def test_config_variants_build(variant):
   config = tokenizer_config.get_config(variant)
   shapes = nnx.eval_shape(lambda: Tokenizer(**config.model, rngs=nnx.Rngs(0)))
-  assert shapes.downsample == (8 if variant == "tiny" else 16)
+  assert shapes.downsample == (8 if variant in ("tiny", "default") else 16)
   assert shapes.schedule[-1] == config.model.tile
   with pytest.raises(ValueError, match="unknown tokenizer variant"):
     tokenizer_config.get_config("huge")
+
+
+def test_space_to_depth_folds_blocks_and_inverts():
+  x = jnp.arange(2 * 4 * 6 * 3, dtype=jnp.float32).reshape(2, 4, 6, 3)
+  y = tokenizer_lib.space_to_depth(x, 2)
+  assert y.shape == (2, 2, 3, 12)
+  # Channels of output pixel (i, j) are the 2 x 2 block at (2i, 2j), row-major, each pixel's RGB.
+  np.testing.assert_array_equal(np.asarray(y[1, 1, 2]), np.asarray(x[1, 2:4, 4:6].reshape(-1)))
+  np.testing.assert_array_equal(np.asarray(tokenizer_lib.depth_to_space(y, 2)), np.asarray(x))
+  assert tokenizer_lib.space_to_depth(x, 1) is x
+
+
+def test_patch_tokenizer_has_no_full_resolution_conv():
+  """patch=4 with two levels is a downsample-8 tokenizer whose convs all run at 1/4 resolution or below."""
+  tok = Tokenizer(**dict(SMALL, ch_mult=(1, 2), using_sa=False, patch=4, schedule=(1, 2, 4, 8)),
+                  rngs=nnx.Rngs(0))
+  assert tok.downsample == 8 and tok.pixel_tile == 64 and tok.schedule == (1, 2, 4, 8)
+  assert tok.encoder.conv_in.kernel.shape[-2] == 48 and tok.decoder.conv_out.kernel.shape[-1] == 48
+  graphdef, params = nnx.split(tok)
+  x = jax.random.uniform(jax.random.key(3), (1, 70, 100, 3), minval=-1, maxval=1)
+  seen = []
+  orig = tokenizer_lib.layers.Conv.__call__
+
+  def spy(self, h):
+    seen.append(h.shape[1])
+    return orig(self, h)
+
+  tokenizer_lib.layers.Conv.__call__ = spy
+  try:
+    rec, _ = nnx.merge(graphdef, params)(x)
+  finally:
+    tokenizer_lib.layers.Conv.__call__ = orig
+  assert rec.shape == x.shape and max(seen) == 128 // 4
+  tokens = tok.encode(x)
+  assert [t.shape for t in tokens] == [(1, 2 * 2, p, p) for p in (1, 2, 4, 8)]
+  assert tok.decode(tokens[:2], 70, 100).shape == (1, 70, 100, 3)
+  with pytest.raises(ValueError, match="patch must be at least 1"):
+    Tokenizer(**dict(SMALL, patch=0), rngs=nnx.Rngs(0))
