@@ -78,6 +78,9 @@ def write_bundle(path: str, tokenizer_args: dict, tokenizer_params: dict, contex
   try:
     with os.fdopen(fd, "wb") as f:
       np.savez(f, meta=np.frombuffer(json.dumps(meta).encode(), np.uint8), **arrays)
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes it private; a bundle is a shareable file
     os.replace(tmp, path)
   finally:
     if os.path.exists(tmp):
