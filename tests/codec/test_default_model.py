@@ -1,0 +1,77 @@
+"""The model shipped in the package: what `progvc` uses when no --model is given."""
+
+import io
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from configs import context as context_config
+from configs import tokenizer as tokenizer_config
+from progvc_jax import codec
+from progvc_jax.codec import bitstream, bundle, cli
+from progvc_jax.data import samples, video
+from progvc_jax.eval import metrics
+
+FRAMES = 4
+
+
+@pytest.fixture(scope="module")
+def shipped():
+  return bundle.load_bundle(cli.DEFAULT_MODEL)
+
+
+@pytest.fixture(scope="module")
+def clip():
+  return video.read_frames(samples.sample_videos()[1], count=FRAMES)  # carphone, 176x144
+
+
+def test_shipped_bundle_is_the_documented_default(shipped):
+  assert os.path.getsize(cli.DEFAULT_MODEL) <= 50 * 2 ** 20
+  # The architecture is the one tools/train_default.sh trains, so that command reproduces it.
+  tok = dict(tokenizer_config.get_config("default").model)
+  for key in ("num_phi", "phi_ratio", "beta"):
+    tok.pop(key)
+  assert {k: shipped.tokenizer_args[k] for k in tok} == {
+      k: list(v) if isinstance(v, tuple) else v for k, v in tok.items()}
+  ctx = context_config.get_config("default").model
+  assert {k: shipped.context_args[k] for k in ctx} == dict(ctx)
+
+
+def test_quality_rises_with_each_scale_kept(clip):
+  """One encode at all scales, truncated to every K: more scales, more bytes and a better frame."""
+  full = codec.encode(clip, gop=FRAMES)  # the shipped model
+  header, _ = bitstream.read_stream(full)
+  assert header.fingerprint == bundle.load_bundle(cli.DEFAULT_MODEL).fingerprint
+  sizes, psnrs = [], []
+  for k in range(1, header.num_scales + 1):
+    data = full if k == header.num_scales else _truncated(full, k)
+    frames = codec.decode(data, complete="none")
+    sizes.append(len(data))
+    psnrs.append(metrics.psnr_rgb(clip, frames))
+  assert sizes == sorted(sizes) and len(set(sizes)) == len(sizes), sizes
+  assert all(b > a + 0.3 for a, b in zip(psnrs, psnrs[1:])), psnrs
+  assert psnrs[-1] > 20.0, psnrs  # 20.9 dB measured; an untrained model gives about 10
+
+
+def _truncated(data: bytes, scales: int) -> bytes:
+  out = io.BytesIO()
+  bitstream.truncate(io.BytesIO(data), out, scales)
+  return out.getvalue()
+
+
+def test_progvc_command_works_without_a_model(clip, tmp_path):
+  """The quickstart: `progvc encode SAMPLE out.pgvc && progvc decode out.pgvc out.mp4`."""
+  exe = os.path.join(os.path.dirname(sys.executable), "progvc")
+  command = [exe] if os.path.exists(exe) else [sys.executable, "-m", "progvc_jax.codec.cli"]
+  src = tmp_path / "clip.y4m"
+  video.write_video(str(src), clip, 30)
+  for args in (["encode", src, tmp_path / "out.pgvc"], ["decode", tmp_path / "out.pgvc", tmp_path / "out.mp4"]):
+    run = subprocess.run([*command, *map(str, args)], capture_output=True, text=True, timeout=600,
+                         cwd=tmp_path)
+    assert run.returncode == 0, (args, run.stderr[-2000:])
+  out = video.read_frames(str(tmp_path / "out.mp4"))
+  assert out.shape == clip.shape
+  assert metrics.psnr_rgb(clip, out) > 19.0  # after 4:2:0 in the .mp4
