@@ -175,6 +175,9 @@ def main(argv=None) -> int:
       return 1
   try:
     args.run(args)
+  except BrokenPipeError:  # `progvc info ... | head`: the reader has what it wanted
+    os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    return 0
   except (UserError, StreamError, BundleError, VideoError, ValueError, OSError) as e:
     print(f"progvc: error: {e}", file=sys.stderr)
     return 1
