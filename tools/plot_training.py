@@ -24,6 +24,7 @@ FLAGS = flags.FLAGS
 
 def read_scalars(workdir: str, prefix: str = "eval/") -> dict[str, list[tuple[int, float]]]:
   """{tag: [(step, value)]} of the scalars whose tag starts with `prefix`, in step order."""
+  import tensorflow as tf  # Deferred: a heavy import, needed only to read the logs' tensor summaries.
   from tensorboard.backend.event_processing import event_accumulator
 
   files = sorted(glob.glob(os.path.join(workdir, "events.out.tfevents.*")))
@@ -36,7 +37,6 @@ def read_scalars(workdir: str, prefix: str = "eval/") -> dict[str, list[tuple[in
     acc.Reload()
     for tag in acc.Tags().get("tensors", []):
       if tag.startswith(prefix):
-        import tensorflow as tf  # Deferred: only needed to read tensor summaries.
         for e in acc.Tensors(tag):
           value = tf.make_ndarray(e.tensor_proto)
           if value.ndim == 0:  # scalars only; images and histograms are skipped

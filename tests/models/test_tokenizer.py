@@ -103,7 +103,7 @@ def test_space_to_depth_folds_blocks_and_inverts():
   assert tokenizer_lib.space_to_depth(x, 1) is x
 
 
-def test_patch_tokenizer_has_no_full_resolution_conv():
+def test_patch_tokenizer_has_no_full_resolution_conv(monkeypatch):
   """patch=4 with two levels is a downsample-8 tokenizer whose convs all run at 1/4 resolution or below."""
   tok = Tokenizer(**dict(SMALL, ch_mult=(1, 2), using_sa=False, patch=4, schedule=(1, 2, 4, 8)),
                   rngs=nnx.Rngs(0))
@@ -118,11 +118,9 @@ def test_patch_tokenizer_has_no_full_resolution_conv():
     seen.append(h.shape[1])
     return orig(self, h)
 
-  tokenizer_lib.layers.Conv.__call__ = spy
-  try:
-    rec, _ = nnx.merge(graphdef, params)(x)
-  finally:
-    tokenizer_lib.layers.Conv.__call__ = orig
+  monkeypatch.setattr(tokenizer_lib.layers.Conv, "__call__", spy)
+  rec, _ = nnx.merge(graphdef, params)(x)
+  monkeypatch.undo()
   assert rec.shape == x.shape and max(seen) == 128 // 4
   tokens = tok.encode(x)
   assert [t.shape for t in tokens] == [(1, 2 * 2, p, p) for p in (1, 2, 4, 8)]
