@@ -40,11 +40,11 @@ def test_shipped_bundle_is_the_documented_default(shipped):
   assert {k: shipped.context_args[k] for k in ctx} == dict(ctx)
 
 
-def test_quality_rises_with_each_scale_kept(clip):
+def test_quality_rises_with_each_scale_kept(shipped, clip):
   """One encode at all scales, truncated to every K: more scales, more bytes and a better frame."""
   full = codec.encode(clip, gop=FRAMES)  # the shipped model
   header, _ = bitstream.read_stream(full)
-  assert header.fingerprint == bundle.load_bundle(cli.DEFAULT_MODEL).fingerprint
+  assert header.fingerprint == shipped.fingerprint
   sizes, psnrs = [], []
   for k in range(1, header.num_scales + 1):
     data = full if k == header.num_scales else _truncated(full, k)
