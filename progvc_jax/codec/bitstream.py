@@ -1,6 +1,6 @@
 """The progvc container: header, frames of range-coded chunks, and chunk-dropping truncation.
 
-Layout (version 1; varint = unsigned LEB128, u32 = 4 bytes little-endian):
+Layout (version 2; varint = unsigned LEB128, u32 = 4 bytes little-endian):
   b"PGVC" | version u8 | width, height, fps_num, fps_den varints | frame_count u32 |
   gop, tile, downsample, K, schedule p_1..p_K, vocab_size, colour varints | fingerprint 8 bytes |
   header checksum 2 bytes LE (low 16 bits of crc32 of everything after the magic)
@@ -25,7 +25,11 @@ from typing import BinaryIO, Callable, Iterator
 import numpy as np
 
 MAGIC = b"PGVC"
-VERSION = 1
+VERSION = 2
+# Version 1 streams were coded with float32 probabilities, which decode only
+# where floats round alike; version 2 codes with the integer path's frequencies.
+_OLD_VERSIONS = {1: "its probabilities were float32, which decode only on a machine that rounds exactly like "
+                    "the encoder's; re-encode the video with this progvc"}
 I_FRAME, P_FRAME = 0, 1
 MAX_SCALES = 127  # the frame byte's low 7 bits
 FINGERPRINT_BYTES = 8
@@ -252,6 +256,9 @@ class Reader:
       raise StreamError(f"not a progvc stream (starts with {magic[:4]!r}, expected {MAGIC!r})")
     self._body = bytearray()  # the header's bytes after the magic, for its checksum
     version = self._byte()
+    if version in _OLD_VERSIONS:
+      raise StreamError(f"progvc stream version {version} is no longer decoded (this progvc reads version "
+                        f"{VERSION}): {_OLD_VERSIONS[version]}")
     if version != VERSION:
       raise StreamError(f"unsupported progvc stream version {version} (this progvc reads version {VERSION})")
     self.header = self._read_header()

@@ -2,9 +2,12 @@
 
 A bundle is an uncompressed .npz (a zip of .npy arrays) holding
   meta                    JSON (as uint8): format, version, both models'
-                          constructor arguments, and the fingerprint;
+                          constructor arguments, the integer path's
+                          fraction bits, and the fingerprint;
   tokenizer/<param path>  the tokenizer's EMA weights, float32;
-  context/<param path>    the context model's EMA weights, float32.
+  context/<param path>    the context model's EMA weights, float32;
+  integer/<table path>    the integer probability path (quantize.py), int8
+                          weights and int32 tables: what the codec codes with.
 It is read with `np.load(allow_pickle=False)`, so loading one never unpickles
 or executes anything from it. The fingerprint is a hash of the arguments and
 every array (name, dtype, shape, bytes); every stream records it, and a
@@ -24,7 +27,9 @@ from flax import nnx
 from progvc_jax.models.tokenizer import Tokenizer
 from progvc_jax.models.transformer import ContextModel
 
-FORMAT, VERSION = "progvc-bundle", 1
+FORMAT, VERSION = "progvc-bundle", 2
+FLOAT_VERSIONS = (1,)  # bundles with float weights only: re-export them (export.py --bundle)
+_INT_DTYPES = (np.dtype(np.int8), np.dtype(np.int32))
 PARTS = {"tokenizer": Tokenizer, "context": ContextModel}
 
 
@@ -54,9 +59,9 @@ def _unflatten(arrays: dict[str, np.ndarray], prefix: str) -> dict:
   return tree
 
 
-def fingerprint(models: dict, arrays: dict[str, np.ndarray]) -> bytes:
+def fingerprint(models: dict, arrays: dict[str, np.ndarray], version: int = VERSION) -> bytes:
   """8 bytes identifying the models' arguments and weights exactly."""
-  h = hashlib.sha256(json.dumps({"format": FORMAT, "version": VERSION, "models": models},
+  h = hashlib.sha256(json.dumps({"format": FORMAT, "version": version, "models": models},
                                 sort_keys=True).encode())
   for name in sorted(arrays):
     a = arrays[name]
@@ -66,11 +71,17 @@ def fingerprint(models: dict, arrays: dict[str, np.ndarray]) -> bytes:
 
 
 def write_bundle(path: str, tokenizer_args: dict, tokenizer_params: dict, context_args: dict,
-                 context_params: dict) -> bytes:
+                 context_params: dict, integer_formats: dict, integer_tables: dict) -> bytes:
   """Writes a bundle atomically (a temporary file renamed into place); returns its fingerprint."""
-  models = json.loads(json.dumps({"tokenizer": tokenizer_args, "context": context_args}))
+  models = json.loads(json.dumps({"tokenizer": tokenizer_args, "context": context_args,
+                                  "integer": integer_formats}))
   arrays = {name: np.ascontiguousarray(np.asarray(value, np.float32)) for name, value in
             {**_flatten(tokenizer_params, "tokenizer"), **_flatten(context_params, "context")}.items()}
+  for name, value in _flatten(integer_tables, "integer").items():
+    value = np.asarray(value)
+    if value.dtype not in _INT_DTYPES:
+      raise ValueError(f"integer table {name} is {value.dtype}, not int8 or int32")
+    arrays[name] = np.ascontiguousarray(value)
   fp = fingerprint(models, arrays)
   meta = {"format": FORMAT, "version": VERSION, "models": models, "fingerprint": fp.hex()}
   folder = os.path.dirname(os.path.abspath(path))
@@ -97,6 +108,8 @@ class Bundle:
   context_args: dict
   tokenizer_params: dict
   context_params: dict
+  integer_formats: dict | None = None  # None in a float-only (version 1) bundle
+  integer_tables: dict | None = None
 
   def tokenizer(self) -> Tokenizer:
     return _build(Tokenizer, self.tokenizer_args, self.tokenizer_params, self.path, "tokenizer")
@@ -120,8 +133,12 @@ def _build(cls, args: dict, params: dict, path: str, what: str):
   return nnx.merge(graphdef, state)
 
 
-def load_bundle(path: str) -> Bundle:
-  """Reads and verifies a bundle; any problem is a BundleError with a one-line message."""
+def load_bundle(path: str, *, float_only: bool = False) -> Bundle:
+  """Reads and verifies a bundle; any problem is a BundleError with a one-line message.
+
+  float_only: also accept version-1 bundles, which hold the float models
+  without the integer path (for re-export); the codec never passes it.
+  """
   if not os.path.isfile(path):
     raise BundleError(f"model bundle {path} does not exist")
   try:
@@ -133,17 +150,26 @@ def load_bundle(path: str) -> Bundle:
     meta = json.loads(arrays.pop("meta").tobytes().decode())
     if meta.get("format") != FORMAT:
       raise BundleError(f"{path} is not a progvc model bundle")
-    if meta.get("version") != VERSION:
-      raise BundleError(f"{path} is bundle version {meta.get('version')}; this progvc reads version {VERSION}")
+    version = meta.get("version")
+    if version in FLOAT_VERSIONS and not float_only:
+      raise BundleError(f"{path} is bundle version {version}, without the integer probability path; re-export "
+                        f"it: python -m progvc_jax.export --bundle {path} --out NEW.pgvcm")
+    if version != VERSION and version not in FLOAT_VERSIONS:
+      raise BundleError(f"{path} is bundle version {version}; this progvc reads version {VERSION}")
     models, recorded = meta["models"], bytes.fromhex(meta["fingerprint"])
     tok_args, ctx_args = dict(models["tokenizer"]), dict(models["context"])
+    formats = models.get("integer") if version == VERSION else None
   except BundleError:
     raise
   except (KeyError, ValueError, TypeError, AttributeError, UnicodeDecodeError) as e:
     raise BundleError(f"{path} has no valid bundle description ({type(e).__name__}: {e})") from None
-  if any(a.dtype != np.float32 for a in arrays.values()):
-    raise BundleError(f"{path} holds arrays that are not float32 weights")
-  if fingerprint(models, arrays) != recorded:
+  for name, a in arrays.items():
+    if a.dtype not in (_INT_DTYPES if name.startswith("integer/") else (np.dtype(np.float32),)):
+      raise BundleError(f"{path}: {name} is {a.dtype}, not a weight or table type")
+  if fingerprint(models, arrays, version) != recorded:
     raise BundleError(f"{path} is corrupt: its contents do not match its fingerprint {recorded.hex()}")
+  if version == VERSION and (not isinstance(formats, dict) or not any(n.startswith("integer/") for n in arrays)):
+    raise BundleError(f"{path} has no integer probability path")
   return Bundle(path=path, fingerprint=recorded, tokenizer_args=tok_args, context_args=ctx_args,
-                tokenizer_params=_unflatten(arrays, "tokenizer"), context_params=_unflatten(arrays, "context"))
+                tokenizer_params=_unflatten(arrays, "tokenizer"), context_params=_unflatten(arrays, "context"),
+                integer_formats=formats, integer_tables=_unflatten(arrays, "integer") if formats else None)

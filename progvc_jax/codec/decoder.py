@@ -1,7 +1,7 @@
 """The progvc decoder: container -> chunks -> tokens -> frames, one frame at a time.
 
-For each frame the context model's incremental step gives the probabilities
-of scale k, the range decoder turns chunk k into scale k's tokens, and the
+For each frame the context model's incremental step gives the integer
+frequencies of scale k (the same on every machine), the range decoder turns chunk k into scale k's tokens, and the
 tokens' checksum is verified (a mismatch names frame and scale). Scales that
 were not sent are completed by the model (`sample` or `argmax`) or left out
 (`none`: the frame is the prefix it received). A stream made with another
@@ -44,9 +44,9 @@ def decode_tokens(model: CodecModel, f, *, complete: str = "none", seed: int = 0
   for i, frame in enumerate(reader):
     sent = frame.scales
 
-    def receive(k, probs, i=i, frame=frame):
+    def receive(k, weights, i=i, frame=frame):
       chunk = frame.chunks[k]
-      tokens = entropy.decode_chunk(chunk.payload, np.asarray(probs).reshape(-1, probs.shape[-1]))
+      tokens = entropy.decode_chunk(chunk.payload, np.asarray(weights).reshape(-1, weights.shape[-1]))
       if bitstream.token_checksum(tokens) != chunk.checksum:
         raise StreamError(f"frame {i} scale {k + 1}: the decoded tokens fail their checksum "
                           "(corrupt stream, or decoded with another model)")

@@ -4,7 +4,8 @@ Frames are coded one at a time (memory does not grow with the video): the
 tokenizer gives every tile's K token maps; the context model's incremental
 step (the decoder's own function) gives the probabilities of scale k, with
 which scale k's tokens are range coded into one chunk for all tiles of the
-frame. The first frame of each GOP is an I-frame, the rest P-frames on the
+frame. Those probabilities are integer frequencies (models/integer.py), so
+any machine decodes the stream. The first frame of each GOP is an I-frame, the rest P-frames on the
 previous frame.
 
 Scale counts: `scales` sends the first K' scales of every frame. With
@@ -51,11 +52,11 @@ def code_frame(model: CodecModel, frame: np.ndarray, kind: int, prev, scales: in
   n = tokens[0].shape[0]
   chunks, bits = [], []
 
-  def choose(k, probs):
-    probs = np.asarray(probs).reshape(-1, probs.shape[-1])
+  def choose(k, weights):
+    weights = np.asarray(weights).reshape(-1, weights.shape[-1])
     sym = tokens[k].reshape(-1)
-    chunks.append(bitstream.Chunk(entropy.encode_chunk(sym, probs), bitstream.token_checksum(sym)))
-    bits.append(entropy.cross_entropy_bits(sym, probs))
+    chunks.append(bitstream.Chunk(entropy.encode_chunk(sym, weights), bitstream.token_checksum(sym)))
+    bits.append(entropy.cross_entropy_bits(sym, weights))
     return tokens[k]
 
   _, ctx, _ = model.steps.run(n, kind, prev, choose, scales=scales)

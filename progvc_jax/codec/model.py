@@ -1,9 +1,10 @@
 """A bundle's models as the codec runs them: frames <-> tile tokens, probabilities, pixels.
 
-Everything runs on the CPU in float32. The probabilities that drive the range
-coder come only from `steps` (progressive.FrameSteps: the incremental
-per-scale functions, jitted once per scale for the frame's tile count), which
-the encoder and the decoder call identically (DESIGN.md section 4).
+The tokenizer (frames <-> tokens, pixels) runs in float32. The probabilities
+that drive the range coder come only from `steps`
+(progressive.IntegerFrameSteps: the integer probability path, jitted once per
+scale for the frame's tile count), whose integer frequencies are the same on
+every machine (docs/design.md, "The integer probability path").
 """
 
 import functools
@@ -14,7 +15,7 @@ import numpy as np
 from flax import nnx
 
 from progvc_jax.codec.bundle import Bundle, load_bundle
-from progvc_jax.models.progressive import FrameSteps
+from progvc_jax.models.progressive import IntegerFrameSteps
 
 
 class CodecModel:
@@ -25,7 +26,8 @@ class CodecModel:
     self.path = bundle.path
     tok = bundle.tokenizer()
     self.tokenizer = tok
-    self.steps = FrameSteps(tok.quantizer, bundle.context_model())
+    self.bundle = bundle
+    self.steps = IntegerFrameSteps(tok.quantizer, bundle.integer_tables, bundle.integer_formats)
     self.schedule = tuple(tok.schedule)
     self.tile, self.downsample = tok.tile, tok.downsample
     self.vocab_size = tok.quantizer.vocab_size

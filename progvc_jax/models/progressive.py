@@ -17,8 +17,10 @@ from typing import Callable, Sequence
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import nnx
 
+from progvc_jax.models import integer
 from progvc_jax.models.quantizer import MultiScaleQuantizer, resize
 from progvc_jax.models.transformer import I_FRAME, P_FRAME, ContextModel
 
@@ -137,7 +139,11 @@ class FrameSteps:
     return self._absorb(k, self.q_params, state, jnp.asarray(tokens_k, jnp.int32))
 
   def select(self, probs, mode, key, temperature=1.0, top_k=0, top_p=1.0):
-    return self._select(probs, mode, key, float(temperature), int(top_k), float(top_p))
+    return self._select(self.probabilities(probs), mode, key, float(temperature), int(top_k), float(top_p))
+
+  def probabilities(self, dist: jax.Array) -> jax.Array:
+    """Float probabilities of what `predict` returns (for generative completion)."""
+    return dist
 
   def run(self, n: int, frame_type: int, prev: list[dict] | None,
           choose: Callable[[int, jax.Array], jax.Array], scales: int | None = None):
@@ -177,3 +183,64 @@ class FrameSteps:
         return given[k]
       return self.select(probs, mode, jax.random.fold_in(key, k), temperature, top_k, top_p)
     return choose
+
+
+class IntegerFrameSteps(FrameSteps):
+  """FrameSteps on the integer path (integer.py): what the codec runs.
+
+  `predict` returns integer weights w (N, p_k^2, V), each row summing to
+  2^24 - V; the range coder codes token s with frequency w_s + 1 out of 2^24.
+  state = dict(cache=int8 KV cache, fhat=float fhat for the pixels,
+  fhat_int=the context's integer fhat). A frame's context for the next frame
+  is integer: dict(fhat=fhat_int area-downsampled to scale k, tokens).
+  """
+
+  def __init__(self, quantizer: MultiScaleQuantizer, tables: dict, formats: dict):
+    self.q_def, self.q_params = nnx.split(quantizer)
+    self.tables = jax.tree.map(jnp.asarray, tables)
+    self.formats = formats
+    self.schedule = tuple(quantizer.schedule)
+    self.offsets = tuple(int(x) for x in np.cumsum([0] + [p * p for p in self.schedule]))
+    self.tile, self.dim = quantizer.tile, quantizer.codebook.shape[1]
+    self._init = jax.jit(self._init_fn, static_argnums=1)
+    self._predict = jax.jit(self._predict_fn, static_argnums=(0, 1), donate_argnums=3)
+    self._absorb = jax.jit(self._absorb_fn, static_argnums=0, donate_argnums=3)
+    self._select = jax.jit(select_tokens, static_argnums=(1, 3, 4, 5))
+
+  def _context(self, tables):
+    return integer.IntegerContext(tables, self.formats, self.schedule)
+
+  def _fhat(self, tables):
+    return integer.IntegerFhat(tables, self.formats, self.schedule, self.formats["phi_of_scale"])
+
+  def _init_fn(self, tables, n):
+    shape = (n, self.tile, self.tile, self.dim)
+    return dict(cache=self._context(tables).init_cache(n), fhat=jnp.zeros(shape, jnp.float32),
+                fhat_int=jnp.zeros(shape, jnp.int32))
+
+  def _predict_fn(self, k, frame_type, tables, state, prev_k):
+    x_k = None if k == 0 else flat(self._fhat(tables).area(state["fhat_int"], self.schedule[k]))
+    weights, cache = self._context(tables).step(state["cache"], k, x_k, frame_type, prev_k)
+    return weights, dict(state, cache=cache)
+
+  def _absorb_fn(self, k, q_params, tables, state, tokens_k):
+    quantizer = nnx.merge(self.q_def, q_params)
+    p = self.schedule[k]
+    idx = tokens_k.reshape(-1, p, p)
+    fhat_int = state["fhat_int"] + self._fhat(tables).residual(k, idx)
+    ctx_k = dict(fhat=flat(self._fhat(tables).area(fhat_int, p)), tokens=tokens_k)
+    return dict(state, fhat=state["fhat"] + quantizer.scale_residual(k, idx), fhat_int=fhat_int), ctx_k
+
+  def init(self, n: int) -> dict:
+    return self._init(self.tables, n)
+
+  def predict(self, k: int, state: dict, frame_type: int, prev_k: dict | None):
+    """Integer weights (N, p_k^2, V) of scale k's tokens, and the state with scale k cached
+    (`state` itself is consumed)."""
+    return self._predict(k, frame_type, self.tables, state, prev_k if frame_type == P_FRAME else None)
+
+  def absorb(self, k: int, state: dict, tokens_k: jax.Array):
+    return self._absorb(k, self.q_params, self.tables, state, jnp.asarray(tokens_k, jnp.int32))
+
+  def probabilities(self, dist: jax.Array) -> jax.Array:
+    return (dist + 1).astype(jnp.float32) / (1 << integer.FREQ_BITS)
