@@ -28,6 +28,6 @@ def encode(frames: np.ndarray, model=None, *, fps: float = 25.0, **kwargs) -> by
 
 
 def decode(data: bytes, model=None, **kwargs) -> np.ndarray:
-  """A progvc stream -> uint8 frames (T, H, W, 3); kwargs: complete, seed, temperature, top_k, top_p."""
+  """A progvc stream -> uint8 frames (T, H, W, 3); kwargs: complete, seed, temperature, top_k, top_p, tile_batch."""
   from progvc_jax.codec import decoder
   return decoder.decode(data, load_model(model), **kwargs)

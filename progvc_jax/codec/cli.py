@@ -1,7 +1,7 @@
 """The `progvc` command: encode, decode, truncate and inspect progvc streams.
 
   progvc encode IN.(mp4|mkv|y4m|avi) OUT.pgvc [--model BUNDLE] [--scales K | --target-kbps R] [--gop N]
-  progvc decode IN.pgvc OUT.(y4m|mp4|mkv|avi) [--model BUNDLE] [--complete sample|argmax|none] [--seed S]
+  progvc decode IN.pgvc OUT.(y4m|mp4|mkv|avi) [--model BUNDLE] [--complete sample|argmax|none] [--seed S] [--tile-batch N]
   progvc truncate IN.pgvc OUT.pgvc --scales K [--frames A:B]
   progvc info IN.pgvc
 
@@ -39,6 +39,13 @@ def _progress(total: int | None, unit: str, desc: str):
   return tqdm(total=total, unit=unit, desc=desc, file=sys.stderr, mininterval=0.5, dynamic_ncols=True)
 
 
+def _positive(text: str) -> int:
+  value = int(text)
+  if value < 1:
+    raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+  return value
+
+
 def cmd_encode(args) -> None:
   from progvc_jax.codec import encoder
   from progvc_jax.data import video
@@ -63,7 +70,7 @@ def cmd_decode(args) -> None:
     header = bitstream.Reader(f).header
   with open(args.input, "rb") as f, _progress(header.frame_count, "frame", "decode") as bar:
     frames = decoder.decode_frames(model, f, complete=args.complete, seed=args.seed, temperature=args.temperature,
-                                   top_k=args.top_k, top_p=args.top_p)
+                                   top_k=args.top_k, top_p=args.top_p, tile_batch=args.tile_batch)
 
     def counted():
       for frame in frames:
@@ -145,6 +152,8 @@ def parser() -> argparse.ArgumentParser:
   d.add_argument("--temperature", type=float, default=1.0)
   d.add_argument("--top-k", type=int, default=0)
   d.add_argument("--top-p", type=float, default=1.0)
+  d.add_argument("--tile-batch", type=_positive, default=None,
+                 help="run the context model on at most this many tiles at once (less memory; same result)")
   d.set_defaults(run=cmd_decode)
   t = sub.add_parser("truncate", help="drop fine-scale chunks without decoding")
   t.add_argument("input")

@@ -30,8 +30,13 @@ def check_model(header: bitstream.Header, model: CodecModel) -> None:
 
 
 def decode_tokens(model: CodecModel, f, *, complete: str = "none", seed: int = 0, temperature: float = 1.0,
-                  top_k: int = 0, top_p: float = 1.0) -> Iterator[tuple[bitstream.Header, list[np.ndarray], object]]:
-  """Yields (header, tokens per scale [(tiles, p_k^2)], fhat tiles) for each frame of the container f."""
+                  top_k: int = 0, top_p: float = 1.0,
+                  tile_batch: int | None = None) -> Iterator[tuple[bitstream.Header, list[np.ndarray], object]]:
+  """Yields (header, tokens per scale [(tiles, p_k^2)], fhat tiles) for each frame of the container f.
+
+  tile_batch: run the context model on at most this many tiles at once (less
+  memory for large frames; the frequencies, and so the tokens, are identical).
+  """
   if complete not in COMPLETIONS:
     raise ValueError(f"complete must be one of {COMPLETIONS}, got {complete!r}")
   reader = bitstream.Reader(f)
@@ -53,11 +58,12 @@ def decode_tokens(model: CodecModel, f, *, complete: str = "none", seed: int = 0
       return tokens.reshape(n, -1)
 
     if complete == "none" or sent == model.num_scales:
-      fhat, prev, tokens = model.steps.run(n, frame.kind, prev, receive, scales=sent)
+      fhat, prev, tokens = model.steps.run(n, frame.kind, prev, receive, scales=sent, tile_batch=tile_batch)
     else:
       fill = model.steps.completer([], complete, jax.random.fold_in(key, i), temperature, top_k, top_p)
       fhat, prev, tokens = model.steps.run(
-          n, frame.kind, prev, lambda k, p, receive=receive, fill=fill: receive(k, p) if k < sent else fill(k, p))
+          n, frame.kind, prev, lambda k, p, receive=receive, fill=fill: receive(k, p) if k < sent else fill(k, p),
+          tile_batch=tile_batch)
     yield header, [np.asarray(t) for t in tokens], fhat
 
 

@@ -64,7 +64,7 @@ def isqrt(n: jax.Array) -> jax.Array:
   """floor(sqrt(n)) for 0 <= n < 2^30, by a fixed number of integer Newton steps from above."""
   x = jnp.left_shift(1, (bit_length(n) + 1) // 2)
   for _ in range(6):
-    x = (x + n // x) >> 1
+    x = jnp.maximum((x + n // x) >> 1, 1)  # >= floor(sqrt(n)) throughout; never 0, so never a division by 0
   return jnp.where(x * x > n, x - 1, x)
 
 

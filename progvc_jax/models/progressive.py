@@ -146,12 +146,16 @@ class FrameSteps:
     return dist
 
   def run(self, n: int, frame_type: int, prev: list[dict] | None,
-          choose: Callable[[int, jax.Array], jax.Array], scales: int | None = None):
+          choose: Callable[[int, jax.Array], jax.Array], scales: int | None = None,
+          tile_batch: int | None = None):
     """Codes the first `scales` scales (all by default) of one frame.
 
     choose(k, probs) returns scale k's tokens (N, p_k^2) given their
     probabilities. prev: the previous frame's context per scale (as returned
-    here), needed for P-frames at every scale coded.
+    here), needed for P-frames at every scale coded. tile_batch: run the
+    model on at most this many tiles at a time (tiles are independent
+    sequences, so the probabilities are the same; the integer path's are
+    identical to the bit).
     Returns (fhat (N, n, n, C), context per scale, tokens per scale).
     """
     scales = self.num_scales if scales is None else scales
@@ -162,14 +166,28 @@ class FrameSteps:
     if frame_type == P_FRAME and (prev is None or len(prev) < scales):
       have = 0 if prev is None else len(prev)
       raise ValueError(f"a P-frame coded to {scales} scales needs as many of the previous frame, got {have}")
-    state = self.init(n)
+    if tile_batch is not None and tile_batch < 1:
+      raise ValueError(f"tile_batch must be at least 1, got {tile_batch}")
+    step = n if tile_batch is None else tile_batch
+    spans = [slice(a, min(a + step, n)) for a in range(0, n, step)]
+    states = [self.init(s.stop - s.start) for s in spans]
     ctx, tokens = [], []
     for k in range(scales):
-      probs, state = self.predict(k, state, frame_type, prev[k] if frame_type == P_FRAME else None)
-      state, ctx_k = self.absorb(k, state, choose(k, probs))
+      probs = []
+      for i, s in enumerate(spans):
+        prev_k = jax.tree.map(lambda a, s=s: a[s], prev[k]) if frame_type == P_FRAME else None
+        p, states[i] = self.predict(k, states[i], frame_type, prev_k)
+        probs.append(p)
+      chosen = jnp.asarray(choose(k, probs[0] if len(spans) == 1 else jnp.concatenate(probs)))
+      parts = []
+      for i, s in enumerate(spans):
+        states[i], ctx_k = self.absorb(k, states[i], chosen[s])
+        parts.append(ctx_k)
+      ctx_k = parts[0] if len(spans) == 1 else jax.tree.map(lambda *a: jnp.concatenate(a), *parts)
       ctx.append(ctx_k)
       tokens.append(ctx_k["tokens"])
-    return state["fhat"], ctx, tokens
+    fhat = states[0]["fhat"] if len(spans) == 1 else jnp.concatenate([st["fhat"] for st in states])
+    return fhat, ctx, tokens
 
   def completer(self, given: Sequence[jax.Array], mode: str, key: jax.Array, temperature: float = 1.0,
                 top_k: int = 0, top_p: float = 1.0) -> Callable[[int, jax.Array], jax.Array]:

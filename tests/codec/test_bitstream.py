@@ -11,7 +11,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from progvc_jax.codec.bitstream import (I_FRAME, P_FRAME, Chunk, Frame, Header, Reader, StreamError, Writer,
+from progvc_jax.codec.bitstream import (VERSION, I_FRAME, P_FRAME, Chunk, Frame, Header, Reader, StreamError, Writer,
                                         decode_varint, encode_varint, read_stream, stats, token_checksum,
                                         truncate, write_stream)
 
@@ -134,7 +134,7 @@ def test_round_trip_large_and_empty_payloads():
 def test_exact_layout():
   header = Header(width=640, height=480, fps_num=25, fps_den=1, frame_count=0, gop=1, tile=2, downsample=16,
                   schedule=(1, 2), vocab_size=4096, colour=1, fingerprint=FINGERPRINT)
-  body = (b"\x01" + b"\x80\x05" + b"\xe0\x03" + b"\x19" + b"\x01" + b"\x02\x00\x00\x00" + b"\x01" + b"\x02"
+  body = (b"\x02" + b"\x80\x05" + b"\xe0\x03" + b"\x19" + b"\x01" + b"\x02\x00\x00\x00" + b"\x01" + b"\x02"
           + b"\x10" + b"\x02" + b"\x01\x02" + b"\x80\x20" + b"\x01" + FINGERPRINT)
   head = b"PGVC" + body + (zlib.crc32(body) & 0xFFFF).to_bytes(2, "little")
   frames = [Frame(I_FRAME, [Chunk(b"ab", 7), Chunk(b"", 9)]), Frame(P_FRAME, [Chunk(b"\x00" * 130, 200)])]
@@ -173,7 +173,7 @@ def test_header_refuses_implausible_values(change, what):
 
 def test_reader_refuses_implausible_header_with_valid_checksum():
   good = _header()
-  body = b"\x01\x00" + good.to_bytes()[7:-2]  # width 0 in place of 640's two varint bytes
+  body = bytes([VERSION, 0]) + good.to_bytes()[7:-2]  # width 0 in place of 640's two varint bytes
   data = b"PGVC" + body + (zlib.crc32(body) & 0xFFFF).to_bytes(2, "little")
   assert "implausible header" in _error(data)
 
@@ -191,8 +191,11 @@ def test_wrong_magic_and_version():
   assert "not a progvc stream" in _error(b"RIFF" + data[4:])
   assert "not a progvc stream" in _error(b"")
   assert "not a progvc stream" in _error(b"\x1a\x45\xdf\xa3 a matroska file")
-  msg = _error(data[:4] + b"\x02" + data[5:])
-  assert "version 2" in msg and "version 1" in msg
+  msg = _error(data[:4] + b"\x03" + data[5:])
+  assert "version 3" in msg and "version 2" in msg
+  # Version 1 (float probabilities) is refused with the reason, in one line.
+  msg = _error(data[:4] + b"\x01" + data[5:])
+  assert "version 1 is no longer decoded" in msg and "re-encode" in msg and "\n" not in msg
 
 
 def test_corrupt_header_byte():

@@ -135,30 +135,6 @@ def test_real_bits_match_the_cross_entropy(model, clip, tmp_path):
   assert stats["bytes"] == stats["payload_bytes"] + stats["container_bytes"]
 
 
-DECODE_SCRIPT = """
-import io, sys, numpy as np
-from progvc_jax.codec import decoder
-from progvc_jax.codec.model import CodecModel
-model = CodecModel.load(sys.argv[1])
-out = [np.concatenate(t, 1) for _, t, _ in decoder.decode_tokens(model, open(sys.argv[2], 'rb'), complete='none')]
-np.save(sys.argv[3], np.stack(out))
-"""
-
-
-def test_decoding_in_another_process_and_thread_setup_is_identical(model, model_path, full_stream, tmp_path):
-  stream = tmp_path / "s.pgvc"
-  stream.write_bytes(full_stream)
-  here = np.stack([np.concatenate(t, 1) for _, t, _ in decoder.decode_tokens(model, io.BytesIO(full_stream))])
-  env = dict(os.environ, JAX_PLATFORMS="cpu",
-             XLA_FLAGS="--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1")
-  cmd = [sys.executable, "-c", DECODE_SCRIPT, model_path, str(stream), str(tmp_path / "t.npy")]
-  if sys.platform.startswith("linux"):
-    cmd = ["taskset", "-c", "0", *cmd]
-  run = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600, cwd=ROOT)
-  assert run.returncode == 0, run.stderr[-2000:]
-  np.testing.assert_array_equal(np.load(tmp_path / "t.npy"), here)
-
-
 def test_a_stream_from_another_model_is_refused(tmp_path, full_stream):
   from progvc_jax import export
   tok, ctx = write_checkpoints(str(tmp_path), seed=7)

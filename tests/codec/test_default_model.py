@@ -75,3 +75,64 @@ def test_progvc_command_works_without_a_model(clip, tmp_path):
   out = video.read_frames(str(tmp_path / "out.mp4"))
   assert out.shape == clip.shape
   assert metrics.psnr_rgb(clip, out) > 19.0  # after 4:2:0 in the .mp4
+
+
+DECODE_SCRIPT = """
+import sys, numpy as np
+from progvc_jax.codec import cli, decoder
+from progvc_jax.codec.model import CodecModel
+model = CodecModel.load(cli.DEFAULT_MODEL)
+tokens, frames = [], []
+for header, t, fhat in decoder.decode_tokens(model, open(sys.argv[1], 'rb'), tile_batch=int(sys.argv[3]) or None):
+  tokens.append(np.concatenate(t, 1))
+  frames.append(model.pixels(fhat, header.height, header.width))
+np.savez(sys.argv[2], tokens=np.stack(tokens), frames=np.stack(frames))
+"""
+
+# (XLA_FLAGS, tile batch, whether the float pixels must match to the byte too). The stream is
+# decoded here on 8 simulated devices with XLA's defaults; each setup runs on 1 device.
+SETUPS = {
+    "sse4_2_fast_math": ("--xla_cpu_max_isa=SSE4_2 --xla_cpu_enable_fast_math=true", 0, False),
+    "avx": ("--xla_cpu_max_isa=AVX", 0, False),
+    "one_thread_tiles_by_30": ("--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1", 30, True),
+}
+
+
+@pytest.fixture(scope="module")
+def wide_stream(tmp_path_factory):
+  """bigbuckbunny cropped to 640x360 (60 tiles), I P P, encoded here with XLA's defaults."""
+  from progvc_jax.codec import decoder
+  from progvc_jax.codec.model import CodecModel
+  frames = video.read_frames(samples_bigbuckbunny(), count=3)[:, 180:540, 320:960]
+  path = tmp_path_factory.mktemp("wide") / "s.pgvc"
+  path.write_bytes(codec.encode(frames, gop=3))
+  model = CodecModel.load(cli.DEFAULT_MODEL)
+  tokens, pixels = [], []
+  for header, t, fhat in decoder.decode_tokens(model, open(path, "rb")):
+    tokens.append(np.concatenate(t, 1))
+    pixels.append(model.pixels(fhat, header.height, header.width))
+  return path, np.stack(tokens), np.stack(pixels)
+
+
+def samples_bigbuckbunny() -> str:
+  return os.path.join(os.path.dirname(samples.sample_videos()[0]), "bigbuckbunny.mp4")
+
+
+@pytest.mark.parametrize("setup", sorted(SETUPS))
+def test_a_stream_decodes_identically_under_other_machine_setups(setup, wide_stream, tmp_path):
+  """The integer path's frequencies do not depend on ISA, fast math, threads, devices or tile batches."""
+  path, tokens, pixels = wide_stream
+  flags, tile_batch, same_pixels = SETUPS[setup]
+  env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS=flags, JAX_ENABLE_COMPILATION_CACHE="false")
+  cmd = [sys.executable, "-c", DECODE_SCRIPT, str(path), str(tmp_path / "d.npz"), str(tile_batch)]
+  if same_pixels and sys.platform.startswith("linux"):
+    cmd = ["taskset", "-c", "0", *cmd]
+  run = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=900)
+  assert run.returncode == 0, run.stderr[-2000:]
+  there = np.load(tmp_path / "d.npz")
+  np.testing.assert_array_equal(there["tokens"], tokens)
+  if same_pixels:
+    np.testing.assert_array_equal(there["frames"], pixels)
+  else:  # the tokenizer's decoder is float: another ISA may round a pixel differently
+    diff = np.abs(there["frames"].astype(np.int16) - pixels)
+    assert diff.max() <= 3 and diff.mean() < 0.01, (diff.max(), diff.mean())

@@ -1,42 +1,50 @@
-"""Tests of chunk range coding: exact round trips, size against the model's rate, and corruption handling."""
+"""Tests of chunk range coding: exact round trips under integer frequencies, size against the rate,
+bytes that depend on the integers alone, and corruption handling."""
 
+import constriction
 import numpy as np
 import pytest
 
 from progvc_jax.codec.bitstream import StreamError, token_checksum
-from progvc_jax.codec.entropy import cross_entropy_bits, decode_chunk, encode_chunk
+from progvc_jax.codec.entropy import FREQ_BITS, cross_entropy_bits, decode_chunk, encode_chunk
+from progvc_jax.models import integer_reference
 
 
-def _sample(rng: np.random.Generator, p: np.ndarray) -> np.ndarray:
-  cdf = np.cumsum(p.astype(np.float64), axis=1)
-  u = rng.random((p.shape[0], 1)) * cdf[:, -1:]
-  return np.minimum((cdf <= u).sum(axis=1), p.shape[1] - 1)
+def _table() -> np.ndarray:
+  return np.floor(2.0 ** (14 - np.arange(256) / 256) + 0.5).astype(np.int64)
 
 
-def _probs(rng: np.random.Generator, m: int, v: int, kind: str) -> np.ndarray:
-  if kind == "dirichlet":
-    p = rng.dirichlet(np.full(v, 0.1), size=m)
-  elif kind == "peaked":  # one symbol at ~1, the rest at 1e-30
-    p = np.full((m, v), 1e-30)
-    p[np.arange(m), rng.integers(0, v, m)] = 1.0
-  else:  # exact zeros, which the leaky model family still codes
-    p = rng.random((m, v)) * (rng.random((m, v)) < 0.5)
-    p[:, rng.integers(0, v)] += 0.1
-  return p.astype(np.float32)
+def _weights(rng: np.random.Generator, m: int, v: int, kind: str) -> np.ndarray:
+  """Integer rows (M, V) from integer logits in 1/256 bit, through the format's own `frequencies`."""
+  if kind == "skewed":
+    z = -1.3 * np.log2(np.arange(1, v + 1))[None] * 256 + rng.normal(0, 400, (m, v))
+  elif kind == "peaked":  # one symbol at nearly 1, the rest at the floor of 1/2^24
+    z = np.zeros((m, v))
+    z[np.arange(m), rng.integers(0, v, m)] = 40 * 256
+  else:  # flat
+    z = rng.integers(-3, 3, (m, v))
+  return integer_reference.frequencies(np.round(z).astype(np.int64), _table())
 
 
-@pytest.mark.parametrize("kind", ["dirichlet", "peaked", "zeros"])
+def _sample(rng: np.random.Generator, w: np.ndarray) -> np.ndarray:
+  cdf = np.cumsum(w + 1, axis=1)
+  u = rng.integers(0, 1 << FREQ_BITS, (w.shape[0], 1))
+  return (cdf <= u).sum(axis=1)
+
+
+@pytest.mark.parametrize("kind", ["skewed", "peaked", "flat"])
 @pytest.mark.parametrize("v", [2, 1024, 4096])
 @pytest.mark.parametrize("m", [1, 5, 1000])
 def test_round_trip(m, v, kind):
   rng = np.random.default_rng([m, v, len(kind)])
-  p = _probs(rng, m, v, kind)
-  tokens = _sample(rng, p)
-  unlikely = rng.random(m) < 0.2  # also symbols the model finds (nearly) impossible
+  w = _weights(rng, m, v, kind)
+  assert (w >= 0).all() and (w.sum(1) == (1 << FREQ_BITS) - v).all()
+  tokens = _sample(rng, w)
+  unlikely = rng.random(m) < 0.2  # also symbols the model finds nearly impossible (frequency 1)
   tokens[unlikely] = rng.integers(0, v, unlikely.sum())
-  payload = encode_chunk(tokens, p)
+  payload = encode_chunk(tokens, w)
   assert not payload.endswith(b"\0")
-  decoded = decode_chunk(payload, p)
+  decoded = decode_chunk(payload, w)
   assert decoded.dtype == np.int32 and decoded.shape == (m,)
   np.testing.assert_array_equal(decoded, tokens)
 
@@ -44,77 +52,77 @@ def test_round_trip(m, v, kind):
 def test_stripped_zero_bytes_round_trip():
   rng = np.random.default_rng(3)
   stripped = 0
-  for _ in range(1000):
+  for _ in range(3000):
     m, v = int(rng.integers(1, 40)), int(rng.choice([2, 3, 16]))
-    p = rng.dirichlet(np.full(v, 0.2), size=m).astype(np.float32)
-    tokens = _sample(rng, p)
-    payload = encode_chunk(tokens, p)
+    w = _weights(rng, m, v, "flat")
+    tokens = _sample(rng, w)
+    payload = encode_chunk(tokens, w)
     stripped += len(payload) % 4 != 0
-    np.testing.assert_array_equal(decode_chunk(payload, p), tokens)
+    np.testing.assert_array_equal(decode_chunk(payload, w), tokens)
   assert stripped >= 5  # payloads the decoder had to pad back to whole words
 
 
 def test_empty_payloads():
-  certain = np.tile(np.array([[1.0, 0.0]], np.float32), (50, 1))
+  certain = np.tile(np.array([[(1 << FREQ_BITS) - 2, 0]]), (50, 1))
   assert encode_chunk(np.zeros(50, np.int64), certain) == b""
   np.testing.assert_array_equal(decode_chunk(b"", certain), np.zeros(50))
-  none = np.zeros((0, 7), np.float32)
+  none = np.zeros((0, 7), np.int32)
   assert encode_chunk(np.zeros(0, np.int32), none) == b""
   assert decode_chunk(b"", none).shape == (0,)
 
 
-def test_last_symbol_with_tiny_probability():
-  """Rows whose float32 sum is not exactly 1, coding their last symbol at (nearly) zero probability."""
-  rng = np.random.default_rng(12)
-  rows = [np.array([[0.1, 0.0]]), np.array([[0.824, 0.0, 1e-8]]), np.array([[3.0, 1.0, 0.0, 0.0]])]
-  for v in (2, 5, 40, 4096):
-    logits = rng.normal(0, 10, (20, v))
-    logits[:, -1] = -200
-    soft = np.exp(logits - logits.max(axis=1, keepdims=True))
-    rows += [soft / soft.sum(axis=1, keepdims=True) * s for s in (0.999999, 1.000001, 0.99)]
-  for p in rows:
-    p = p.astype(np.float32)
-    tokens = np.full(p.shape[0], p.shape[1] - 1)
-    tokens[::3] = 0
-    payload = encode_chunk(tokens, p)
-    np.testing.assert_array_equal(decode_chunk(payload, p), tokens)
-
-
-def test_size_matches_cross_entropy():
+def test_size_matches_the_integer_rate():
   rng = np.random.default_rng(4)
-  m, v = 20000, 512
-  logits = -1.3 * np.log(np.arange(1, v + 1))[None] + rng.normal(0, 1, (m, v))  # skewed, varying per token
-  p = np.exp(logits - logits.max(axis=1, keepdims=True))
-  p = (p / p.sum(axis=1, keepdims=True)).astype(np.float32)
-  tokens = _sample(rng, p)
-  payload = encode_chunk(tokens, p)
-  rate = cross_entropy_bits(tokens, p) / 8
-  assert 0.99 * rate - 8 <= len(payload) <= 1.01 * rate + 8, (len(payload), rate)
-  np.testing.assert_array_equal(decode_chunk(payload, p), tokens)
+  w = _weights(rng, 20000, 512, "skewed")
+  tokens = _sample(rng, w)
+  payload = encode_chunk(tokens, w)
+  rate = cross_entropy_bits(tokens, w) / 8
+  assert rate - 1 <= len(payload) <= 1.001 * rate + 8, (len(payload), rate)
+  np.testing.assert_array_equal(decode_chunk(payload, w), tokens)
 
 
 def test_cross_entropy_bits():
-  p = np.array([[0.5, 0.25, 0.25], [0.5, 0.25, 0.25], [2.0, 1.0, 1.0]], np.float32)
-  assert cross_entropy_bits(np.array([0, 1, 2]), p) == pytest.approx(1 + 2 + 2)
-  assert cross_entropy_bits(np.array([1]), np.array([[1.0, 0.0]], np.float32)) == np.inf
+  w = np.array([[(1 << 23) - 1, (1 << 22) - 1, (1 << 22) - 1]])
+  assert cross_entropy_bits(np.array([0]), w) == pytest.approx(1)
+  assert cross_entropy_bits(np.array([1, 2]), np.repeat(w, 2, 0)) == pytest.approx(4)
+  assert cross_entropy_bits(np.array([1]), np.array([[(1 << 24) - 2, 0]])) == pytest.approx(24)
+
+
+def test_bytes_depend_only_on_the_integers():
+  """constriction's leaky quantization of a row of integer weights below 2^24 rounds nothing: the same
+  bytes whether it computes in float32 or float64, and whether it builds the row's CDF lazily or eagerly."""
+  rng = np.random.default_rng(11)
+  w = np.concatenate([_weights(rng, 300, 1024, kind) for kind in ("skewed", "peaked", "flat")])
+  tokens = _sample(rng, w)
+  payload = encode_chunk(tokens, w)
+  family = constriction.stream.model.Categorical(perfect=False)
+  for dtype in (np.float32, np.float64):
+    enc = constriction.stream.queue.RangeEncoder()
+    enc.encode(tokens.astype(np.int32), family, np.ascontiguousarray(w, dtype))
+    assert enc.get_compressed().astype("<u4").tobytes().rstrip(b"\0") == payload
+  eager = constriction.stream.queue.RangeEncoder()
+  for t, row in zip(tokens[:200], w[:200]):
+    eager.encode(int(t), constriction.stream.model.Categorical(row.astype(np.float64), lazy=False, perfect=False))
+  lazy = encode_chunk(tokens[:200], w[:200])
+  assert eager.get_compressed().astype("<u4").tobytes().rstrip(b"\0") == lazy
 
 
 def _chunk(seed: int, m: int = 1000, v: int = 256):
   rng = np.random.default_rng(seed)
-  p = rng.dirichlet(np.full(v, 0.05), size=m).astype(np.float32)
-  tokens = _sample(rng, p)
-  return tokens, p, encode_chunk(tokens, p)
+  w = _weights(rng, m, v, "skewed")
+  tokens = _sample(rng, w)
+  return tokens, w, encode_chunk(tokens, w)
 
 
 def test_flipped_payload_is_detected():
-  tokens, p, payload = _chunk(5)
+  tokens, w, payload = _chunk(5)
   rng = np.random.default_rng(6)
   caught = 0
   for pos in range(len(payload)):
     bad = bytearray(payload)
     bad[pos] ^= int(rng.integers(1, 256))
     try:
-      decoded = decode_chunk(bytes(bad), p)
+      decoded = decode_chunk(bytes(bad), w)
     except StreamError:
       caught += 1
       continue
@@ -123,40 +131,47 @@ def test_flipped_payload_is_detected():
   assert caught >= 0.97 * len(payload)
 
 
-def test_other_probabilities_give_other_tokens():
-  tokens, p, payload = _chunk(7)
-  q = np.roll(p, 1, axis=1)
+def test_other_frequencies_give_other_tokens():
+  tokens, w, payload = _chunk(7)
   try:
-    decoded = decode_chunk(payload, q)
+    decoded = decode_chunk(payload, np.roll(w, 1, axis=1))
   except StreamError:
     return
   assert np.mean(decoded != tokens) > 0.5
 
 
 def test_extra_words_are_refused():
-  tokens, p, payload = _chunk(8)
+  tokens, w, payload = _chunk(8)
   with pytest.raises(StreamError, match="left over"):
-    decode_chunk(payload + bytes(range(1, 9)), p)
+    decode_chunk(payload + bytes(range(1, 9)), w)
   with pytest.raises(StreamError, match="corrupt chunk"):
-    decode_chunk(payload, p[:10])
+    decode_chunk(payload, w[:10])
 
 
 def test_deterministic_and_input_layout_independent():
-  tokens, p, payload = _chunk(9, m=300, v=64)
-  assert encode_chunk(tokens, p) == payload
-  assert encode_chunk(tokens.astype(np.int32), p.astype(np.float64)) == payload
-  fortran = np.asfortranarray(p)
+  tokens, w, payload = _chunk(9, m=300, v=64)
+  assert encode_chunk(tokens, w) == payload
+  assert encode_chunk(tokens.astype(np.int32), w.astype(np.int32)) == payload
+  fortran = np.asfortranarray(w)
   assert encode_chunk(list(tokens), fortran) == payload
   np.testing.assert_array_equal(decode_chunk(bytearray(payload), fortran), tokens)
 
 
 def test_bad_arguments():
-  p = np.full((4, 8), 0.125, np.float32)
-  with pytest.raises(ValueError, match="probabilities"):
-    encode_chunk(np.zeros(3, np.int32), p)
-  with pytest.raises(ValueError, match="probabilities"):
-    decode_chunk(b"", p[0])
+  w = np.full((4, 8), ((1 << FREQ_BITS) - 8) // 8)
+  with pytest.raises(ValueError, match=r"\(3, V\)"):
+    encode_chunk(np.zeros(3, np.int32), w)
   with pytest.raises(ValueError, match="0..7"):
-    encode_chunk(np.array([0, 1, 8, 2]), p)
+    encode_chunk(np.array([0, 1, 8, 2]), w)
   with pytest.raises(ValueError, match="1-D"):
-    encode_chunk(np.zeros((2, 2), np.int32), p)
+    encode_chunk(np.zeros((2, 2), np.int32), w)
+  with pytest.raises(ValueError, match="integers"):
+    encode_chunk(np.zeros(4, np.int32), w.astype(np.float32))
+  off = w.copy()
+  off[2, 3] += 1
+  with pytest.raises(ValueError, match="sum to"):
+    encode_chunk(np.zeros(4, np.int32), off)
+  neg = w.copy()
+  neg[1, :2] += [-w[1, 0] - 1, w[1, 0] + 1]
+  with pytest.raises(ValueError, match=">= 0"):
+    encode_chunk(np.zeros(4, np.int32), neg)
