@@ -26,17 +26,24 @@ FREQ_BITS = 24
 _FAMILY = constriction.stream.model.Categorical(perfect=False)
 
 
-def check_weights(weights: np.ndarray, m: int | None = None) -> np.ndarray:
-  """weights (M, V) as C-contiguous float32 rows for the coder; ValueError unless they are valid."""
+def _rows(weights: np.ndarray) -> np.ndarray:
+  """The weights as C-contiguous float32 rows (exact: they are integers below 2^24)."""
   w = np.asarray(weights)
+  if w.dtype != np.float32 and not np.issubdtype(w.dtype, np.integer):
+    raise ValueError(f"weights must be integers, or float32 holding integers, got {w.dtype}")
+  return np.ascontiguousarray(w, dtype=np.float32)
+
+
+def check_weights(weights: np.ndarray, m: int | None = None) -> np.ndarray:
+  """weights (M, V) as float32 rows for the coder; ValueError unless every row is >= 0 and sums
+  to 2^24 - V (float32 sums of such integers are exact)."""
+  w = _rows(weights)
   if w.ndim != 2 or (m is not None and w.shape[0] != m) or w.shape[1] < 2:
     raise ValueError(f"weights must be ({m if m is not None else 'M'}, V) with V >= 2, got {w.shape}")
-  if not np.issubdtype(w.dtype, np.integer):
-    raise ValueError(f"weights must be integers, got {w.dtype}")
   total = (1 << FREQ_BITS) - w.shape[1]
-  if w.size and (w.min() < 0 or (w.sum(1, dtype=np.int64) != total).any()):
+  if w.size and (w.min() < 0 or (w.sum(1, dtype=np.float32) != total).any()):
     raise ValueError(f"weight rows must be >= 0 and sum to 2^{FREQ_BITS} - V = {total}")
-  return np.ascontiguousarray(w, dtype=np.float32)
+  return w
 
 
 def encode_chunk(tokens: np.ndarray, weights: np.ndarray) -> bytes:
@@ -55,7 +62,7 @@ def encode_chunk(tokens: np.ndarray, weights: np.ndarray) -> bytes:
 
 def decode_chunk(payload: bytes, weights: np.ndarray) -> np.ndarray:
   """The (M,) int32 tokens of a payload, M = len(weights); StreamError if the payload cannot be theirs."""
-  rows = np.ascontiguousarray(weights, dtype=np.float32)
+  rows = _rows(weights)
   data = bytes(payload)
   words = np.frombuffer(data + b"\0" * (-len(data) % 4), dtype="<u4").astype(np.uint32)
   decoder = constriction.stream.queue.RangeDecoder(words)

@@ -74,17 +74,18 @@ def centred_bits(width: int) -> int:
 
 
 def normalize(c: jax.Array, scale: int) -> jax.Array:
-  """int8 round(c / rms(c) * scale / sqrt(width))-style normalisation of rows of c (int32).
+  """int8 rows c * scale / sqrt(sum c^2), rounded: unit vectors in Q7 (scale 2^7), LayerNorm (scale sqrt(W) 2^f).
 
-  The row is shifted right until it fits `centred_bits`, its sum of squares
-  square-rooted, and each value divided by that root (rounded half up):
-  out = round(c' * scale / isqrt(sum c'^2)), clipped to int8.
+  The row is shifted right until it fits `centred_bits`; its root r =
+  isqrt(sum c^2) gives one reciprocal a row, inv = floor(scale 2^s / r) with
+  s = 29 - bits(scale), and out = round(c inv / 2^s). As |c| <= r, c inv < 2^29.
   """
   bits = centred_bits(c.shape[-1])
   top = jnp.max(jnp.abs(c), -1, keepdims=True)
   c = requant(c, jnp.maximum(bit_length(top) - bits, 0))
   root = jnp.maximum(isqrt(jnp.sum(c * c, -1, keepdims=True)), 1)
-  return clip8((2 * c * scale + root) // (2 * root))
+  s = 29 - scale.bit_length()
+  return clip8(requant(c * ((scale << s) // root), s))
 
 
 def layer_norm(x: jax.Array, frac: int) -> jax.Array:
@@ -134,16 +135,21 @@ def frequencies(z: jax.Array, table: jax.Array) -> jax.Array:
   m = (((1 << FREQ_BITS) - (1 << 13)) << 6) // (s >> sh)
   w = (e * m) >> (6 + sh)
   rest = ((1 << FREQ_BITS) - v) - jnp.sum(w, -1, keepdims=True)
-  top = jax.nn.one_hot(jnp.argmax(z, -1), v, dtype=jnp.int32)
-  return w + rest * top
+  top = jnp.argmax(z, -1)[..., None]
+  return jnp.put_along_axis(w, top, jnp.take_along_axis(w, top, -1) + rest, -1, inplace=False)
 
 
 def softmax_weights(scores: jax.Array, temp: jax.Array, table: jax.Array) -> jax.Array:
-  """Attention weights in Q14 from int32 scores (Q14 cosines) and per-head temperatures (.., H, 1, 1)."""
+  """Attention weights in Q14 from int32 scores (Q14 cosines) and per-head temperatures (.., H, 1, 1).
+
+  e = 2^(z - max z) in Q14 sums to S; with S' = S >> sh in 15 bits and one
+  reciprocal a row, inv = floor(2^30 / S'), p = round(e inv / 2^(16 + sh)).
+  """
   z = requant(scores * temp, SCORE_FRAC)
   e = exp2_neg(jnp.max(z, -1, keepdims=True) - z, table)
   s = jnp.sum(e, -1, keepdims=True)
-  return jnp.minimum((e * (2 << PROB_FRAC) + s) // (2 * s), (1 << PROB_FRAC) - 1)
+  sh = bit_length(s) - 15
+  return jnp.minimum(requant(e * ((1 << 30) // (s >> sh)), 16 + sh), (1 << PROB_FRAC) - 1)
 
 
 def gelu(u: jax.Array, table: jax.Array, shift: int) -> jax.Array:

@@ -45,11 +45,13 @@ def isqrt(n):
 
 
 def normalize(c, scale):
-  """round(c' * scale / isqrt(sum c'^2)) per row, c' = c shifted right to fit the square's budget."""
+  """c' * scale / isqrt(sum c'^2) per row, rounded through one reciprocal a row; c' = c shifted right
+  to fit the square's budget."""
   bits = (30 - math.ceil(math.log2(c.shape[-1]))) // 2
   c = requant(c, np.maximum(bit_length(np.abs(c).max(-1, keepdims=True)) - bits, 0))
   root = np.maximum(isqrt(_i32((c * c).sum(-1, keepdims=True))), 1)
-  return clip8(_i32(2 * c * scale + root) // (2 * root))
+  s = 29 - scale.bit_length()
+  return clip8(requant(c * ((scale << s) // root), s))
 
 
 def layer_norm(x, frac):
@@ -125,7 +127,8 @@ def attention(h, b, fb, temperature, table, levels, heads):
   z = np.where(visible, z, -I32)
   e = np.where(visible, exp2_neg(z.max(-1, keepdims=True) - z, table), 0)
   s = e.sum(-1, keepdims=True)
-  p = np.minimum((e * (2 << 14) + s) // (2 * s), (1 << 14) - 1)
+  sh = bit_length(s) - 15
+  p = np.minimum(requant(e * ((1 << 30) // (s >> sh)), 16 + sh), (1 << 14) - 1)
   o = clip8(requant(np.einsum("nhqk,nkhd->nqhd", p, v), 14 - (fb["o_frac"] - fb["v_frac"])))
   return dense(o.reshape(n, length, -1), b["out"])
 

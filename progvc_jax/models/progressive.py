@@ -208,6 +208,8 @@ class IntegerFrameSteps(FrameSteps):
 
   `predict` returns integer weights w (N, p_k^2, V), each row summing to
   2^24 - V; the range coder codes token s with frequency w_s + 1 out of 2^24.
+  They come as float32, which holds integers below 2^24 exactly and is the
+  coder's input type, so the host copies nothing (codec/entropy.py).
   state = dict(cache=int8 KV cache, fhat=float fhat for the pixels,
   fhat_int=the context's integer fhat). A frame's context for the next frame
   is integer: dict(fhat=fhat_int area-downsampled to scale k, tokens).
@@ -239,7 +241,7 @@ class IntegerFrameSteps(FrameSteps):
   def _predict_fn(self, k, frame_type, tables, state, prev_k):
     x_k = None if k == 0 else flat(self._fhat(tables).area(state["fhat_int"], self.schedule[k]))
     weights, cache = self._context(tables).step(state["cache"], k, x_k, frame_type, prev_k)
-    return weights, dict(state, cache=cache)
+    return weights.astype(jnp.float32), dict(state, cache=cache)
 
   def _absorb_fn(self, k, q_params, tables, state, tokens_k):
     quantizer = nnx.merge(self.q_def, q_params)
@@ -253,8 +255,8 @@ class IntegerFrameSteps(FrameSteps):
     return self._init(self.tables, n)
 
   def predict(self, k: int, state: dict, frame_type: int, prev_k: dict | None):
-    """Integer weights (N, p_k^2, V) of scale k's tokens, and the state with scale k cached
-    (`state` itself is consumed)."""
+    """Integer weights (N, p_k^2, V) of scale k's tokens as float32, and the state with scale k
+    cached (`state` itself is consumed)."""
     return self._predict(k, frame_type, self.tables, state, prev_k if frame_type == P_FRAME else None)
 
   def absorb(self, k: int, state: dict, tokens_k: jax.Array):

@@ -152,6 +152,7 @@ def test_deterministic_and_input_layout_independent():
   tokens, w, payload = _chunk(9, m=300, v=64)
   assert encode_chunk(tokens, w) == payload
   assert encode_chunk(tokens.astype(np.int32), w.astype(np.int32)) == payload
+  assert encode_chunk(tokens, w.astype(np.float32)) == payload  # the codec's rows: float32 holding the integers
   fortran = np.asfortranarray(w)
   assert encode_chunk(list(tokens), fortran) == payload
   np.testing.assert_array_equal(decode_chunk(bytearray(payload), fortran), tokens)
@@ -166,7 +167,7 @@ def test_bad_arguments():
   with pytest.raises(ValueError, match="1-D"):
     encode_chunk(np.zeros((2, 2), np.int32), w)
   with pytest.raises(ValueError, match="integers"):
-    encode_chunk(np.zeros(4, np.int32), w.astype(np.float32))
+    encode_chunk(np.zeros(4, np.int32), w.astype(np.float64))
   off = w.copy()
   off[2, 3] += 1
   with pytest.raises(ValueError, match="sum to"):
