@@ -12,12 +12,15 @@ embedded training data. The bundle (codec/bundle.py) is data only;
 `progvc encode --model` reads it without any training code.
 """
 
+import functools
 import os
 import sys
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 from absl import app, flags
+from flax import nnx
 
 from progvc_jax import checkpointing, quantize
 from progvc_jax.codec import bundle as bundle_lib
@@ -31,6 +34,7 @@ flags.DEFINE_integer("calibration_batches", 4, "Batches of 8 clips (3 frames, 12
 FLAGS = flags.FLAGS
 
 
+@functools.lru_cache(maxsize=2)
 def calibration_clips(batches: int, seed: int = 0) -> np.ndarray:
   """uint8 clips (B, 3, 128, 128, 3) from the embedded training data (videos and animated photos)."""
   from progvc_jax.data import pipeline  # Deferred: only export needs the input pipeline.
@@ -42,11 +46,15 @@ def calibration_clips(batches: int, seed: int = 0) -> np.ndarray:
     it.close()
 
 
-def token_batches(tokenizer, clips: np.ndarray):
+def token_batches(tokenizer, clips: np.ndarray, frames_at_once: int = 8):
   """(tokens, frame types, previous tokens) of each frame position of the clips, all tiles together."""
   b, t = clips.shape[:2]
-  x = jnp.asarray(clips.reshape(b * t, *clips.shape[2:]), jnp.float32) / 127.5 - 1.0
-  tokens = [m.reshape(b, t, *m.shape[1:]) for m in tokenizer.encode(x)]
+  flat = clips.reshape(b * t, *clips.shape[2:])
+  graphdef, state = nnx.split(tokenizer)
+  encode = jax.jit(lambda state, x: nnx.merge(graphdef, state).encode(x.astype(jnp.float32) / 127.5 - 1.0))
+  # A few frames at a time: a tokenizer with attention over its latent holds (HW)^2 scores a frame.
+  parts = [encode(state, jnp.asarray(flat[i:i + frames_at_once])) for i in range(0, len(flat), frames_at_once)]
+  tokens = [jnp.concatenate(m).reshape(b, t, *m[0].shape[1:]) for m in zip(*parts)]
   at = lambda i: [m[:, i].reshape(-1, *m.shape[3:]) for m in tokens]
   for i in range(t):
     n = at(i)[0].shape[0]
@@ -57,6 +65,7 @@ def write(out: str, tok_args: dict, tok_params: dict, ctx_args: dict, ctx_params
   """Quantizes the context model (calibrated on `clips`) and writes the bundle; returns its fingerprint."""
   float_bundle = bundle_lib.Bundle(out, b"", tok_args, ctx_args, tok_params, ctx_params)
   tok, ctx = float_bundle.tokenizer(), float_bundle.context_model()
+  quantize.check_supported(tok, ctx)
   stats = quantize.calibrate(tok.quantizer, ctx, token_batches(tok, clips))
   tables, formats = quantize.integer_model(tok, ctx, stats)
   return bundle_lib.write_bundle(out, tok_args, tok_params, ctx_args, ctx_params, formats, tables)

@@ -127,16 +127,20 @@ def _param(p) -> np.ndarray:
   return np.asarray(p[...], np.float64)
 
 
-def integer_model(tokenizer, model: transformer.ContextModel, stats: dict) -> tuple[dict, dict]:
-  """(tables, formats) of the integer path for a tokenizer and its context model."""
+def check_supported(tokenizer, model: transformer.ContextModel) -> None:
+  """ValueError if the integer path cannot run these models."""
   if model.context != "additive":
     raise ValueError(f"the integer path supports context='additive' models, not {model.context!r}")
+  if tokenizer.quantizer.vocab_size > MAX_VOCAB:
+    raise ValueError(f"the integer path supports codebooks of up to {MAX_VOCAB} codes, "
+                     f"not {tokenizer.quantizer.vocab_size}")
+
+
+def integer_model(tokenizer, model: transformer.ContextModel, stats: dict) -> tuple[dict, dict]:
+  """(tables, formats) of the integer path for a tokenizer and its context model."""
+  check_supported(tokenizer, model)
   q = tokenizer.quantizer
-  vocab, sched, n = q.vocab_size, tuple(q.schedule), q.tile
-  if vocab > MAX_VOCAB:
-    raise ValueError(f"the integer path supports codebooks of up to {MAX_VOCAB} codes, not {vocab}")
-  if any(b.cross for b in model.blocks):
-    raise ValueError("the integer path has no cross-attention")
+  sched, n = tuple(q.schedule), q.tile
   heads, width = model.blocks[0].attn.heads, model.width
   # fhat as the context model sees it.
   codebook = _param(q.codebook)

