@@ -89,12 +89,12 @@ for header, t, fhat in decoder.decode_tokens(model, open(sys.argv[1], 'rb'), til
 np.savez(sys.argv[2], tokens=np.stack(tokens), frames=np.stack(frames))
 """
 
-# (XLA_FLAGS, tile batch, whether the float pixels must match to the byte too). The stream is
-# decoded here on 8 simulated devices with XLA's defaults; each setup runs on 1 device.
+# (XLA_FLAGS, tile batch). The stream is encoded and decoded here on 8 simulated devices with
+# XLA's defaults; each setup decodes it on 1 device.
 SETUPS = {
-    "sse4_2_fast_math": ("--xla_cpu_max_isa=SSE4_2 --xla_cpu_enable_fast_math=true", 0, False),
-    "avx": ("--xla_cpu_max_isa=AVX", 0, False),
-    "one_thread_tiles_by_30": ("--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1", 30, True),
+    "sse4_2_fast_math": ("--xla_cpu_max_isa=SSE4_2 --xla_cpu_enable_fast_math=true", 0),
+    "avx_one_thread_tiles_by_30": ("--xla_cpu_max_isa=AVX --xla_cpu_multi_thread_eigen=false "
+                                   "intra_op_parallelism_threads=1", 30),
 }
 
 
@@ -118,17 +118,13 @@ def wide_stream(tmp_path_factory):
 def test_a_stream_decodes_identically_under_other_machine_setups(setup, wide_stream, tmp_path):
   """The integer path's frequencies do not depend on ISA, fast math, threads, devices or tile batches."""
   path, tokens, pixels = wide_stream
-  flags, tile_batch, same_pixels = SETUPS[setup]
+  flags, tile_batch = SETUPS[setup]
   env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS=flags, JAX_ENABLE_COMPILATION_CACHE="false")
   cmd = [sys.executable, "-c", DECODE_SCRIPT, str(path), str(tmp_path / "d.npz"), str(tile_batch)]
-  if same_pixels and sys.platform.startswith("linux"):
-    cmd = ["taskset", "-c", "0", *cmd]
   run = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=900)
   assert run.returncode == 0, run.stderr[-2000:]
   there = np.load(tmp_path / "d.npz")
   np.testing.assert_array_equal(there["tokens"], tokens)
-  if same_pixels:
-    np.testing.assert_array_equal(there["frames"], pixels)
-  else:  # the tokenizer's decoder is float: another ISA may round a pixel differently
-    diff = np.abs(there["frames"].astype(np.int16) - pixels)
-    assert diff.max() <= 3 and diff.mean() < 0.01, (diff.max(), diff.mean())
+  # The tokenizer's decoder is float: another ISA or thread split may round a pixel differently.
+  diff = np.abs(there["frames"].astype(np.int16) - pixels)
+  assert diff.max() <= 3 and diff.mean() < 0.01, (diff.max(), diff.mean())
