@@ -13,8 +13,8 @@ last symbol's upper end. Handed w as float32, every P_s is an integer below
 2^24 and so exact in float32 whatever the order of the additions, sum(p) is
 exactly 2^24 - V, scale is exactly 1.0, and the interval is exactly
 [P_s + s, P_s + s + w_s + 1). No rounding happens anywhere, on any machine
-(tests/codec/test_entropy.py checks the bytes against an independent range
-coder's interval arithmetic being the same for float32 and float64 rows).
+(tests/codec/test_entropy.py: float32 and float64 rows, and constriction's
+lazy and eager models, give the same bytes).
 """
 
 import constriction
