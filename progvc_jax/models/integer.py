@@ -70,7 +70,7 @@ def isqrt(n: jax.Array) -> jax.Array:
 
 def centred_bits(width: int) -> int:
   """Bits a row of `width` values keeps before squaring, so the sum of squares stays below 2^30."""
-  return (30 - int(np.ceil(np.log2(width)))) // 2
+  return (30 - (width - 1).bit_length()) // 2
 
 
 def normalize(c: jax.Array, scale: int) -> jax.Array:

@@ -47,7 +47,7 @@ def isqrt(n):
 def normalize(c, scale):
   """c' * scale / isqrt(sum c'^2) per row, rounded through one reciprocal a row; c' = c shifted right
   to fit the square's budget."""
-  bits = (30 - math.ceil(math.log2(c.shape[-1]))) // 2
+  bits = (30 - (c.shape[-1] - 1).bit_length()) // 2  # squares of a row sum below 2^30
   c = requant(c, np.maximum(bit_length(np.abs(c).max(-1, keepdims=True)) - bits, 0))
   root = np.maximum(isqrt(_i32((c * c).sum(-1, keepdims=True))), 1)
   s = 29 - scale.bit_length()

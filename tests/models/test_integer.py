@@ -48,6 +48,19 @@ def test_isqrt_and_requant_match_python_integers():
   assert int(integer.requant(jnp.int32(-5), 1)) == -2 and int(integer.requant(jnp.int32(5), 1)) == 3  # halves up
 
 
+def test_int8_matmuls_accumulate_exactly():
+  """int8 x int8 -> int32 dots are exact, even where pairs of products would saturate 16 bits."""
+  rng = np.random.default_rng(1)
+  x = -rng.integers(120, 128, (64, 512))  # a saturating int16 pairwise sum would show here
+  w = rng.integers(120, 128, (512, 32))
+  got = jax.lax.dot(jnp.asarray(x, jnp.int8), jnp.asarray(w, jnp.int8), preferred_element_type=jnp.int32)
+  np.testing.assert_array_equal(got, x @ w)
+  q, k = rng.integers(-127, 128, (2, 60, 64, 4, 32))
+  got = jnp.einsum("nqhd,nkhd->nhqk", jnp.asarray(q, jnp.int8), jnp.asarray(k, jnp.int8),
+                   preferred_element_type=jnp.int32)
+  np.testing.assert_array_equal(got, np.einsum("nqhd,nkhd->nhqk", q, k))
+
+
 @pytest.mark.parametrize("v", [2, 1024, 4096])
 def test_frequencies_are_exact_and_ordered(v):
   rng = np.random.default_rng(v)
