@@ -3,7 +3,7 @@
 import dataclasses
 import io
 import re
-import time
+import tracemalloc
 import zlib
 
 import numpy as np
@@ -258,10 +258,14 @@ def test_flipped_length_bytes():
 def test_huge_length_fails_fast(source):
   header = _header((1, 2, 4), frame_count=1)
   data = header.to_bytes() + b"\x01" + encode_varint(2**62) + b"\x05" + b"x" * 100
-  start = time.perf_counter()
-  with pytest.raises(StreamError, match="frame 0 scale 1: truncated"):
-    list(Reader(source(data)))
-  assert time.perf_counter() - start < 1
+  tracemalloc.start()
+  try:
+    with pytest.raises(StreamError, match="frame 0 scale 1: truncated"):
+      list(Reader(source(data)))
+    _, peak = tracemalloc.get_traced_memory()
+  finally:
+    tracemalloc.stop()
+  assert peak < 8 * 2**20  # the claimed 2^62 bytes are read in blocks, never allocated at once
 
 
 def test_p_frame_first():
@@ -469,11 +473,9 @@ def test_fuzz_mutated_streams(which, mutations):
       data[pos:pos] = arg[0]
     elif kind == "truncate":
       del data[pos:]
-  start = time.perf_counter()
   try:
     header, frames = read_stream(bytes(data))
   except StreamError:
     pass
   else:
     assert stats(header, frames)["total_bytes"] <= len(data)
-  assert time.perf_counter() - start < 1
