@@ -249,8 +249,9 @@ class IntegerFrameSteps(FrameSteps):
     quantizer = nnx.merge(self.q_def, q_params)
     p = self.schedule[k]
     idx = tokens_k.reshape(-1, p, p)
-    fhat_int = state["fhat_int"] + self._fhat(tables).residual(k, idx)
-    ctx_k = dict(fhat=flat(self._fhat(tables).area(fhat_int, p)), tokens=tokens_k)
+    fh = self._fhat(tables)
+    fhat_int = state["fhat_int"] + fh.residual(k, idx)
+    ctx_k = dict(fhat=flat(fh.area(fhat_int, p)), tokens=tokens_k)
     return dict(state, fhat=state["fhat"] + quantizer.scale_residual(k, idx), fhat_int=fhat_int), ctx_k
 
   def init(self, n: int) -> dict:
