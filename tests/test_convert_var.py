@@ -1,6 +1,6 @@
 """VAR's VQ-VAE, loaded through the converter, gives VAR's own outputs.
 
-The reference vectors (tests/data/var_vqvae_ch32_v4096.npz) were computed
+The reference vectors (tests/fixtures/var_vqvae_ch32_v4096.npz) were computed
 with VAR's PyTorch code for a small model of VAR's architecture.
 """
 
@@ -17,7 +17,7 @@ from progvc_jax import checkpointing, convert_var
 from progvc_jax.models.tokenizer import Tokenizer
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-VECTORS = os.path.join(ROOT, "tests", "data", "var_vqvae_ch32_v4096.npz")
+VECTORS = os.path.join(ROOT, "tests", "fixtures", "var_vqvae_ch32_v4096.npz")
 
 
 def nhwc(a):

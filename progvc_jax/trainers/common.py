@@ -1,4 +1,10 @@
-"""Pieces every progvc trainer uses: optimizer, EMA, guards, batches, progress, preemption."""
+"""What every progvc trainer shares: the training loop, optimizer, EMA, guards, batches,
+progress and preemption.
+
+A trainer builds its compiled pieces (init, step, evaluation) and hands them to
+`run`, which owns the rest of a run: input, resumption, metrics, checkpoints,
+preemption and the loop itself.
+"""
 
 import signal
 import threading
@@ -10,9 +16,79 @@ import numpy as np
 import optax
 import orbax.checkpoint as ocp
 from absl import logging
-from clu import metrics
+from clu import metric_writers, metrics
 
-from progvc_jax import sharding
+from progvc_jax import checkpointing, sharding
+
+DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+
+
+def compute_dtype(config):
+  """The config's compute_dtype as a JAX dtype, or a ValueError naming the choices."""
+  if config.compute_dtype not in DTYPES:
+    raise ValueError(f"compute_dtype must be one of {sorted(DTYPES)}, got {config.compute_dtype!r}")
+  return DTYPES[config.compute_dtype]
+
+
+def make_mesh(config):
+  """The run's device mesh, after checking that the batch splits over processes and micro-batches."""
+  mesh = sharding.make_mesh(config.mesh, dcn=config.mesh_dcn)
+  if config.batch_size % (jax.process_count() * config.grad_accum):
+    raise ValueError(f"batch_size {config.batch_size} must divide by processes x grad_accum")
+  logging.info("mesh %s on %d devices, %d processes", dict(mesh.shape), jax.device_count(), jax.process_count())
+  return mesh
+
+
+def run(config, workdir: str, mesh, *, abstract, init, step, evaluate, figures, stop_at: int | None = None):
+  """Trains from scratch or resumes from the latest checkpoint in `workdir`; returns the last state.
+
+  abstract: the train state's shapes and shardings, to restore a checkpoint into.
+  init(): a fresh train state, when `workdir` holds no checkpoint.
+  step(state, batch) -> (state, figures): one update on a global batch of clips.
+  evaluate(state, batches, writer, step): writes the evaluation figures.
+  figures: the names of the step figures, averaged between log steps.
+  stop_at: end this run after that step with a checkpoint (a time-boxed job);
+    the next run resumes from it.
+  """
+  # Input: this process's share of the training stream, and fixed evaluation batches.
+  pid, nproc = jax.process_index(), jax.process_count()
+  train_iter = iter(make_input(config, config.seed, pid, nproc, config.data.worker_count))
+  eval_iter = iter(make_input(config, config.seed + 1, pid, nproc, 0))
+  eval_batches = [next(eval_iter) for _ in range(config.eval_batches)]
+
+  # Checkpoints: resume (the input iterator too), or start fresh.
+  manager = checkpointing.train_manager(workdir, config.keep_ckpts)
+  state = checkpointing.restore_train(manager, abstract, train_iter)
+  if state is None:
+    state = init()
+  first = int(state["step"])
+  logging.info("starting at step %d of %d", first, config.total_steps)
+
+  writer = metric_writers.create_default_writer(workdir, just_logging=pid > 0)
+  log = LogWindow(figures, writer, Progress(config.total_steps, config.batch_size, first), config.log_every)
+
+  last = config.total_steps if stop_at is None else min(stop_at, config.total_steps)
+  preemption = Preemption(manager)
+  try:
+    for n in range(first + 1, last + 1):
+      with jax.profiler.StepTraceAnnotation("train", step_num=n):
+        state, step_figures = step(state, device_batch(mesh, next(train_iter)))
+      log.add(step_figures)
+      if n % config.log_every == 0 or n == config.total_steps:
+        log.write(n)
+      if n % config.eval_every == 0 or n == config.total_steps:
+        evaluate(state, [device_batch(mesh, b) for b in eval_batches], writer, n)
+      preempted = preemption.requested(n)
+      if n % config.ckpt_every == 0 or n == last or preempted:
+        checkpointing.save_train(manager, n, state, train_iter)
+      if preempted:
+        logging.warning("preempted: saved step %d, stopping; rerun to resume", n)
+        break
+  finally:
+    preemption.close()
+    manager.wait_until_finished()
+    writer.flush()
+  return state
 
 
 def make_input(config, seed: int, shard_index: int, shard_count: int, worker_count: int):

@@ -26,7 +26,6 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 from absl import logging
-from clu import metric_writers
 from flax import nnx
 
 from progvc_jax import checkpointing, sharding
@@ -34,17 +33,14 @@ from progvc_jax.models import progressive
 from progvc_jax.models.tokenizer import Tokenizer
 from progvc_jax.models.transformer import P_FRAME, ContextModel
 from progvc_jax.trainers import common
-from progvc_jax.trainers.tokenizer import DTYPES
 
 FIGURES = ("loss", "bits_I", "bits_P", "bpp_I", "bpp_P", "grad_norm", "nonfinite")
 
 
 def build_models(config, tokenizer_args: dict):
   """Abstract tokenizer (frozen, float32) and context model (no weights allocated)."""
-  if config.compute_dtype not in DTYPES:
-    raise ValueError(f"compute_dtype must be one of {sorted(DTYPES)}, got {config.compute_dtype!r}")
   tok = nnx.eval_shape(lambda: Tokenizer(**tokenizer_args, rngs=nnx.Rngs(0)))
-  model = nnx.eval_shape(lambda: ContextModel(**model_args(config, tok), dtype=DTYPES[config.compute_dtype],
+  model = nnx.eval_shape(lambda: ContextModel(**model_args(config, tok), dtype=common.compute_dtype(config),
                                               rngs=nnx.Rngs(0)))
   return tok, model
 
@@ -86,7 +82,7 @@ class Trainer:
 
   def _init(self, rng):
     c = self.config
-    params = nnx.to_pure_dict(nnx.state(ContextModel(**self.model_args, dtype=DTYPES[c.compute_dtype],
+    params = nnx.to_pure_dict(nnx.state(ContextModel(**self.model_args, dtype=common.compute_dtype(c),
                                                      rngs=nnx.Rngs(rng)), nnx.Param))
     return dict(step=jnp.zeros((), jnp.int32), params=params, opt=self.tx.init(params), ema=params)
 
@@ -178,13 +174,9 @@ def train_and_evaluate(config, workdir: str, stop_at: int | None = None):
 
   stop_at: end this run after that step with a checkpoint; the next run resumes.
   """
-  # --- Mesh.
-  mesh = sharding.make_mesh(config.mesh, dcn=config.mesh_dcn)
-  if config.batch_size % (jax.process_count() * config.grad_accum):
-    raise ValueError(f"batch_size {config.batch_size} must divide by processes x grad_accum")
-  logging.info("mesh %s on %d devices, %d processes", dict(mesh.shape), jax.device_count(), jax.process_count())
+  mesh = common.make_mesh(config)
 
-  # --- The frozen tokenizer.
+  # The frozen tokenizer.
   if not config.tokenizer:
     raise ValueError("config.tokenizer must name a tokenizer workdir or parameter checkpoint")
   tokenizer_args = checkpointing.load_model_args(config.tokenizer, "tokenizer")
@@ -198,51 +190,16 @@ def train_and_evaluate(config, workdir: str, stop_at: int | None = None):
   if jax.process_index() == 0:
     checkpointing.write_run_info(workdir, "context", dict(trainer.model_args))
 
-  # --- Input.
-  pid, nproc = jax.process_index(), jax.process_count()
-  train_iter = iter(common.make_input(config, config.seed, pid, nproc, config.data.worker_count))
-  eval_iter = iter(common.make_input(config, config.seed + 1, pid, nproc, 0))
-  eval_batches = [next(eval_iter) for _ in range(config.eval_batches)]
-
-  # --- Checkpoints: resume, or start fresh.
-  manager = checkpointing.train_manager(workdir, config.keep_ckpts)
-  state = checkpointing.restore_train(manager, trainer.abstract, train_iter)
-  if state is None:
-    state = trainer.init(jax.random.key(config.seed))
-  first = int(state["step"])
-  logging.info("starting at step %d of %d", first, config.total_steps)
-
-  # --- Metrics.
-  writer = metric_writers.create_default_writer(workdir, just_logging=pid > 0)
-  log = common.LogWindow(FIGURES, writer, common.Progress(config.total_steps, config.batch_size, first),
-                         config.log_every)
-
-  # --- Loop.
-  last = config.total_steps if stop_at is None else min(stop_at, config.total_steps)
-  preemption = common.Preemption(manager)
-  for step in range(first + 1, last + 1):
-    with jax.profiler.StepTraceAnnotation("train", step_num=step):
-      state, figures = trainer.step(state, tok_params, common.device_batch(mesh, next(train_iter)))
-    log.add(figures)
-    if step % config.log_every == 0 or step == config.total_steps:
-      log.write(step)
-    if step % config.eval_every == 0 or step == config.total_steps:
-      run_eval(trainer, state, tok_params, eval_batches, mesh, writer, step)
-    preempted = preemption.requested(step)
-    if step % config.ckpt_every == 0 or step == last or preempted:
-      checkpointing.save_train(manager, step, state, train_iter)
-    if preempted:
-      logging.warning("preempted: saved step %d, stopping; rerun to resume", step)
-      break
-  preemption.close()
-  manager.wait_until_finished()
-  writer.flush()
-  return state
+  return common.run(
+      config, workdir, mesh, abstract=trainer.abstract, init=lambda: trainer.init(jax.random.key(config.seed)),
+      step=lambda state, batch: trainer.step(state, tok_params, batch),
+      evaluate=lambda state, batches, writer, step: run_eval(trainer, state, tok_params, batches, writer, step),
+      figures=FIGURES, stop_at=stop_at)
 
 
-def run_eval(trainer, state, tok_params, eval_batches, mesh, writer, step):
+def run_eval(trainer, state, tok_params, batches, writer, step):
   """Bits per token and per pixel of the EMA model, per scale and frame type."""
-  results = [trainer.evaluate(state["ema"], tok_params, common.device_batch(mesh, b)) for b in eval_batches]
+  results = [trainer.evaluate(state["ema"], tok_params, b) for b in batches]
   bits = np.sum([np.asarray(r["bits"]) for r in results], axis=0)  # (K, 2)
   tokens = np.sum([np.asarray(r["tokens"]) for r in results], axis=0)
   per_pixel = trainer.length / trainer.pixel_tile ** 2

@@ -17,7 +17,6 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 from absl import logging
-from clu import metric_writers
 from flax import nnx
 
 from progvc_jax import checkpointing, losses, sharding
@@ -27,14 +26,12 @@ from progvc_jax.models import tokenizer
 from progvc_jax.models.tokenizer import Tokenizer
 from progvc_jax.trainers import common
 
-DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+FIGURES = ("loss", "rec_loss", "vq_loss", "gan_weight", "disc_loss", "grad_norm", "nonfinite", "revived")
 
 
 def build_models(config):
   """Abstract tokenizer and discriminator (no weights allocated)."""
-  if config.compute_dtype not in DTYPES:
-    raise ValueError(f"compute_dtype must be one of {sorted(DTYPES)}, got {config.compute_dtype!r}")
-  dtype = DTYPES[config.compute_dtype]
+  dtype = common.compute_dtype(config)
   tok = nnx.eval_shape(lambda: Tokenizer(**config.model, dtype=dtype, rngs=nnx.Rngs(0)))
   disc = nnx.eval_shape(lambda: PatchDiscriminator(**config.disc, dtype=dtype, rngs=nnx.Rngs(0)))
   return tok, disc
@@ -84,9 +81,9 @@ class Trainer:
   def _init(self, rng):
     r_tok, r_disc = jax.random.split(rng)
     c = self.config
-    params = nnx.to_pure_dict(nnx.state(Tokenizer(**c.model, dtype=DTYPES[c.compute_dtype],
+    params = nnx.to_pure_dict(nnx.state(Tokenizer(**c.model, dtype=common.compute_dtype(c),
                                                    rngs=nnx.Rngs(r_tok)), nnx.Param))
-    disc = nnx.to_pure_dict(nnx.state(PatchDiscriminator(**c.disc, dtype=DTYPES[c.compute_dtype],
+    disc = nnx.to_pure_dict(nnx.state(PatchDiscriminator(**c.disc, dtype=common.compute_dtype(c),
                                                          rngs=nnx.Rngs(r_disc)), nnx.Param))
     return dict(step=jnp.zeros((), jnp.int32), params=params, opt=self.tx.init(params),
                 ema=params, disc=disc, disc_opt=self.dtx.init(disc),
@@ -215,75 +212,31 @@ def train_and_evaluate(config, workdir: str, stop_at: int | None = None):
   stop_at: end this run after that step with a checkpoint (a time-boxed job);
   the next run resumes from it.
   """
-  # --- Mesh.
-  mesh = sharding.make_mesh(config.mesh, dcn=config.mesh_dcn)
-  if config.batch_size % (jax.process_count() * config.grad_accum):
-    raise ValueError(f"batch_size {config.batch_size} must divide by processes x grad_accum")
-  crop = config.data.crop
+  mesh = common.make_mesh(config)
   pixel_tile = config.model.get("patch", 1) * 2 ** (len(config.model["ch_mult"]) - 1) * config.model["tile"]
-  if crop % pixel_tile:
-    raise ValueError(f"data.crop {crop} must be a multiple of the pixel tile {pixel_tile}")
-  logging.info("mesh %s on %d devices, %d processes", dict(mesh.shape), jax.device_count(), jax.process_count())
-
+  if config.data.crop % pixel_tile:
+    raise ValueError(f"data.crop {config.data.crop} must be a multiple of the pixel tile {pixel_tile}")
   if jax.process_index() == 0:
     checkpointing.write_run_info(workdir, "tokenizer", dict(config.model))
-
-  # --- Input.
-  pid, nproc = jax.process_index(), jax.process_count()
-  train_iter = iter(common.make_input(config, config.seed, pid, nproc, config.data.worker_count))
-  eval_iter = iter(common.make_input(config, config.seed + 1, pid, nproc, 0))
-  eval_batches = [next(eval_iter) for _ in range(config.eval_batches)]
-
-  # --- Model, shardings and compiled steps.
   trainer = Trainer(config, mesh)
 
-  # --- Checkpoints: resume, or start fresh (optionally from given weights).
-  manager = checkpointing.train_manager(workdir, config.keep_ckpts)
-  state = checkpointing.restore_train(manager, trainer.abstract, train_iter)
-  if state is None:
+  def init():
     state = trainer.init(jax.random.key(config.seed))
-    if config.init_from:
-      init = checkpointing.load_params_like(config.init_from, "tokenizer", state["params"])
-      init = jax.device_put(init, trainer.shardings["params"])
-      state = dict(state, params=init, ema=jax.tree.map(jnp.copy, init))
+    if config.init_from:  # start from given weights, e.g. a converted VAR tokenizer
+      params = checkpointing.load_params_like(config.init_from, "tokenizer", state["params"])
+      params = jax.device_put(params, trainer.shardings["params"])
+      state = dict(state, params=params, ema=jax.tree.map(jnp.copy, params))
       logging.info("tokenizer initialised from %s", config.init_from)
-  first = int(state["step"])
-  logging.info("starting at step %d of %d", first, config.total_steps)
+    return state
 
-  # --- Metrics.
-  writer = metric_writers.create_default_writer(workdir, just_logging=pid > 0)
-  progress = common.Progress(config.total_steps, config.batch_size, first)
-  log = common.LogWindow(("loss", "rec_loss", "vq_loss", "gan_weight", "disc_loss", "grad_norm", "nonfinite",
-                          "revived"), writer, progress, config.log_every)
-
-  # --- Loop.
-  last = config.total_steps if stop_at is None else min(stop_at, config.total_steps)
-  preemption = common.Preemption(manager)
-  for step in range(first + 1, last + 1):
-    with jax.profiler.StepTraceAnnotation("train", step_num=step):
-      batch = common.device_batch(mesh, next(train_iter))
-      state, figures = trainer.step(state, batch)
-    log.add(figures)
-    if step % config.log_every == 0 or step == config.total_steps:
-      log.write(step)
-
-    if step % config.eval_every == 0 or step == config.total_steps:
-      run_eval(trainer, state, eval_batches, mesh, writer, step)
-
-    preempted = preemption.requested(step)
-    if step % config.ckpt_every == 0 or step == last or preempted:
-      checkpointing.save_train(manager, step, state, train_iter)
-    if preempted:
-      logging.warning("preempted: saved step %d, stopping; rerun to resume", step)
-      break
-  preemption.close()
-  manager.wait_until_finished()
-  writer.flush()
-  return state
+  return common.run(config, workdir, mesh, abstract=trainer.abstract, init=init, step=trainer.step,
+                    evaluate=lambda state, batches, writer, step: run_eval(trainer, state, batches, writer, step),
+                    figures=FIGURES, stop_at=stop_at)
 
 
-def run_eval(trainer, state, eval_batches, mesh, writer, step):
-  results = [trainer.evaluate(state["ema"], common.device_batch(mesh, b)) for b in eval_batches]
+def run_eval(trainer, state, batches, writer, step):
+  """PSNR and MS-SSIM of the EMA model per prefix of scales, and codebook use per scale."""
+  results = [trainer.evaluate(state["ema"], b) for b in batches]
   psnr = np.mean([np.asarray(r["psnr"]) for r in results], axis=0)
   ssim = np.mean([np.asarray(r["ms_ssim"]) for r in results], axis=0)
   hits = np.sum([np.asarray(r["hits"]) for r in results], axis=0)
