@@ -35,6 +35,25 @@ def parse_arg(arg: str | None, **defaults) -> ml_collections.ConfigDict:
   return out
 
 
+def new_config(stage: str, arg: ml_collections.ConfigDict, steps: int, batch: int) -> ml_collections.ConfigDict:
+  """The fields every stage starts with: stage, variant, seed, run length, global batch, micro-batches, dtype.
+
+  `arg.steps` and `arg.batch` override the variant's schedule when set; `runlocal`
+  makes a 20-step run of batch 4 to check a setup.
+  """
+  if arg.runlocal:
+    steps, batch = 20, 4
+  c = ml_collections.ConfigDict()
+  c.stage = stage
+  c.variant = arg.variant
+  c.seed = 0
+  c.total_steps = arg.steps or steps
+  c.batch_size = arg.batch or batch  # global, over all processes (clips)
+  c.grad_accum = 1  # micro-batches per step; the batch is split into this many
+  c.compute_dtype = "float32"  # or "bfloat16" (parameters and optimizer state stay float32)
+  return c
+
+
 def add_mesh(c: ml_collections.ConfigDict) -> None:
   """Mesh sizes (data, fsdp, model; -1 takes the remaining devices), their DCN split, and axis rules."""
   c.mesh = (-1, 1, 1)

@@ -36,16 +36,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     raise ValueError(f"frames={arg.frames}: clips need an I-frame and at least one P-frame")
   steps, batch, crop = SCHEDULES[arg.variant]
   small = arg.variant in ("tiny", "default")  # CPU-sized: higher learning rate, frequent logs
-  if arg.runlocal:
-    steps, batch = 20, 4
-  c = ml_collections.ConfigDict()
-  c.stage = "context"
-  c.variant = arg.variant
-  c.seed = 0
-  c.total_steps = arg.steps or steps
-  c.batch_size = arg.batch or batch  # clips, global over all processes
-  c.grad_accum = 1
-  c.compute_dtype = "float32"  # or "bfloat16"
+  c = common.new_config("context", arg, steps, batch)
   c.tokenizer = ""  # required: tokenizer workdir or parameter checkpoint (frozen)
 
   # "additive" or "cross": how the previous frame's scales <= k enter scale k.

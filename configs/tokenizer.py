@@ -42,16 +42,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     raise ValueError(f"unknown tokenizer variant {arg.variant!r}; choose from {sorted(MODELS)}")
   steps, batch, crop = SCHEDULES[arg.variant]
   small = arg.variant in ("tiny", "default")  # CPU-sized: shorter warmup, no GAN, frequent logs
-  if arg.runlocal:
-    steps, batch = 20, 4
-  c = ml_collections.ConfigDict()
-  c.stage = "tokenizer"
-  c.variant = arg.variant
-  c.seed = 0
-  c.total_steps = arg.steps or steps
-  c.batch_size = arg.batch or batch  # global, over all processes
-  c.grad_accum = 1  # micro-batches per step; the batch is split into this many
-  c.compute_dtype = "float32"  # or "bfloat16" (parameters and optimizer state stay float32)
+  c = common.new_config("tokenizer", arg, steps, batch)
   c.init_from = ""  # a parameter checkpoint (e.g. a converted VAR tokenizer)
 
   c.model = dict(MODELS[arg.variant], num_phi=4, phi_ratio=0.5, beta=0.25)
