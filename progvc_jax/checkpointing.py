@@ -28,8 +28,22 @@ from flax import nnx
 FORMAT = "progvc-params"
 
 
+def _plain_saves_on_cpu() -> None:
+  """On CPU, saves copy each array whole instead of splitting the copy among its replicas.
+
+  Orbax's replica-parallel save runs a small slicing program per array, which
+  on CPU devices costs more than it saves: the first save of the small tokenizer
+  on 8 host devices took 13.8 s with it and 2.3 s without. Accelerators keep
+  Orbax's default.
+  """
+  if jax.default_backend() == "cpu":
+    ocp.type_handlers.register_type_handler(jax.Array, ocp.type_handlers.ArrayHandler(use_replica_parallel=False),
+                                            override=True)
+
+
 def train_manager(workdir: str, keep: int) -> ocp.CheckpointManager:
   """The run's CheckpointManager: asynchronous saves, the last `keep` kept."""
+  _plain_saves_on_cpu()
   return ocp.CheckpointManager(
       os.path.join(os.path.abspath(workdir), "checkpoints"),
       options=ocp.CheckpointManagerOptions(max_to_keep=keep, enable_async_checkpointing=True,

@@ -17,3 +17,9 @@ os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "2")
 import jax  # noqa: E402
 
 assert jax.device_count() == 8, "tests expect 8 simulated CPU devices"
+
+
+def pytest_configure(config):
+  config.addinivalue_line(
+      "markers", "slow: compiles training steps, runs subprocesses or decodes whole clips; "
+      "`python -m pytest -m 'not slow' tests` leaves these out for everyday work")

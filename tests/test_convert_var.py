@@ -33,6 +33,7 @@ def converted(tmp_path_factory):
   return checkpointing.load_module(str(out), "tokenizer", Tokenizer), np.load(VECTORS)
 
 
+@pytest.mark.slow
 def test_var_outputs_match(converted):
   model, ref = converted
   assert model.schedule == tuple(ref["meta/patch_nums"])
@@ -53,6 +54,7 @@ def test_var_outputs_match(converted):
   np.testing.assert_allclose(np.asarray(pixels(fhats[3])), nhwc(ref["expect/rec_prefix4_NCHW"]), atol=1e-3, rtol=0)
 
 
+@pytest.mark.slow
 def test_frame_api_matches_var(converted):
   model, ref = converted
   tokens = model.encode(nhwc(ref["input/x_NCHW"]))
@@ -69,6 +71,7 @@ def test_inferred_architecture():
   assert cfg["using_sa"] and cfg["using_mid_sa"]
 
 
+@pytest.mark.slow
 def test_bad_state_dicts_are_reported_by_name():
   sd = convert_var.load_state_dict(VECTORS)
   model = Tokenizer(**convert_var.infer_config(sd), rngs=nnx.Rngs(0))
@@ -86,6 +89,7 @@ def test_bad_state_dicts_are_reported_by_name():
     convert_var.infer_config({"foo": np.zeros(1)})
 
 
+@pytest.mark.slow
 def test_converter_cli_errors(tmp_path):
   missing = tmp_path / "nope.npz"
   run = subprocess.run([sys.executable, os.path.join(ROOT, "tools", "convert_var_vqvae.py"),

@@ -58,6 +58,7 @@ def read_all(data_dir, name):
           for r in tfds.data_source(name, data_dir=data_dir, split="train", download=False)}
 
 
+@pytest.mark.slow
 def test_built_clips_are_the_decoded_frames(built, videos):
   data_dir, name, log = built
   records = read_all(data_dir, name)
@@ -91,6 +92,7 @@ def test_clips_encode_each_frame_once(videos):
   np.testing.assert_array_equal(np.stack(encoded), frames[[0, 1, 5, 6]])
 
 
+@pytest.mark.slow
 def test_missing_or_empty_folder(tmp_path):
   run = subprocess.run([sys.executable, "-m", "progvc_jax.data.build", "--videos",
                         str(tmp_path / "nothing"), "--data_dir", str(tmp_path / "data")],
@@ -133,6 +135,7 @@ def test_interrupted_build_runs_again_to_completion(videos, tmp_path, monkeypatc
   assert set(read_all(data_dir, name)) == EXPECTED_CLIPS
 
 
+@pytest.mark.slow
 def test_windows_and_crops_of_built_records(built):
   data_dir, name, _ = built
   source = tfds.data_source(name, data_dir=data_dir, split="train", download=False)
@@ -160,6 +163,7 @@ def test_windows_and_crops_of_built_records(built):
                               if source[i]["source"] == b"carphone.mp4"} < clips
 
 
+@pytest.mark.slow
 def test_worker_processes_read_the_built_dataset(built):
   data_dir, name, _ = built
   args = dict(split="train", clip_len=2, crop=(32, 32), batch_size=2, seed=0, shard_index=0,
@@ -213,6 +217,7 @@ def test_mocked_dataset_through_grain():
     np.testing.assert_array_equal(shards[k], whole[k::2])
 
 
+@pytest.mark.slow
 def test_tokenizer_trains_on_the_built_dataset(built, tmp_path):
   from tests.trainers.test_tokenizer_trainer import small_config
   from progvc_jax.trainers import common

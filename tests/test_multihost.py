@@ -10,6 +10,7 @@ import time
 
 import jax
 import numpy as np
+import pytest
 
 from progvc_jax import checkpointing, sharding
 from progvc_jax.train import multihost_requested
@@ -66,6 +67,7 @@ def assert_close(a, b, noisy_steps=1):
     np.testing.assert_allclose(x, y, atol=noisy_steps * RUN["optimizer.lr"], rtol=0)
 
 
+@pytest.mark.slow
 def test_two_processes_match_one(tmp_path):
   err_two = finish(start(tmp_path / "two", "--stop_at=4", "--config.mesh_dcn=(2, 1, 1)", two_processes=True))
   finish(start(tmp_path / "one", "--stop_at=4"))
@@ -80,6 +82,7 @@ def test_two_processes_match_one(tmp_path):
   assert_close(restored(tmp_path / "two", 5), restored(tmp_path / "one", 5), noisy_steps=2)
 
 
+@pytest.mark.slow
 def test_sigterm_saves_a_checkpoint_and_the_next_run_resumes(tmp_path):
   log_path = tmp_path / "log"
   with open(log_path, "w") as log:

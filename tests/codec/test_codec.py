@@ -71,6 +71,7 @@ def full_stream(model, clip):
   return encoder.encode(clip, model, fps=30, gop=2)
 
 
+@pytest.mark.slow
 def test_bundle_is_data_with_a_stable_fingerprint(tmp_path, model_path, model):
   from progvc_jax import export
   tok, ctx = write_checkpoints(str(tmp_path))
@@ -124,6 +125,7 @@ def test_export_refuses_what_the_integer_path_lacks(tmp_path):
   assert not (tmp_path / "x.pgvcm").exists()
 
 
+@pytest.mark.slow
 def test_round_trip_at_every_scale_count(model, clip):
   for k in range(1, model.num_scales + 1):
     data = encoder.encode(clip, model, fps=30, scales=k, gop=2)
@@ -227,6 +229,7 @@ def cli_runs(model_path, tmp_path_factory):
   return d, runs
 
 
+@pytest.mark.slow
 def test_command_line_encode_truncate_decode_info(cli_runs):
   d, runs = cli_runs
   for name, run in runs.items():
@@ -246,6 +249,7 @@ def test_command_line_encode_truncate_decode_info(cli_runs):
 
 @pytest.mark.parametrize("case", ["truncated", "flipped", "magic", "version", "no_bundle", "corrupt_bundle",
                                   "bad_video", "empty_video", "other_model"])
+@pytest.mark.slow
 def test_bad_input_gives_one_line_error_and_no_output(case, cli_runs, model_path, tmp_path):
   d, _ = cli_runs
   good = (d / "a.pgvc").read_bytes()
@@ -329,6 +333,7 @@ def test_encoding_streams_frame_by_frame(model, clip):
     assert len(decoder.decode(buf.getvalue(), model, complete="none")) == 7
 
 
+@pytest.mark.slow
 def test_python_api(model_path, clip):
   from progvc_jax import codec
   data = codec.encode(clip, model_path, scales=2, gop=2)

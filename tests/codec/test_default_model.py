@@ -40,6 +40,7 @@ def test_shipped_bundle_is_the_documented_default(shipped):
   assert {k: shipped.context_args[k] for k in ctx} == dict(ctx)
 
 
+@pytest.mark.slow
 def test_quality_rises_with_each_scale_kept(shipped, clip):
   """One encode at all scales, truncated to every K: more scales, more bytes and a better frame."""
   full = codec.encode(clip, gop=FRAMES)  # the shipped model
@@ -62,6 +63,7 @@ def _truncated(data: bytes, scales: int) -> bytes:
   return out.getvalue()
 
 
+@pytest.mark.slow
 def test_progvc_command_works_without_a_model(clip, tmp_path):
   """The quickstart: `progvc encode SAMPLE out.pgvc && progvc decode out.pgvc out.mp4`."""
   exe = os.path.join(os.path.dirname(sys.executable), "progvc")
@@ -114,6 +116,7 @@ def wide_stream(tmp_path_factory):
   return path, np.stack(tokens), np.stack(pixels)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("setup", sorted(SETUPS))
 def test_a_stream_decodes_identically_under_other_machine_setups(setup, wide_stream, tmp_path):
   """The integer path's frequencies do not depend on ISA, fast math, threads, devices or tile batches."""

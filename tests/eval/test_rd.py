@@ -11,6 +11,8 @@ import pytest
 from progvc_jax import export
 from tests.codec.test_codec import write_checkpoints
 
+pytestmark = pytest.mark.slow  # every test here compiles training steps or runs a subprocess
+
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 

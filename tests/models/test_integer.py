@@ -78,6 +78,7 @@ def test_frequencies_are_exact_and_ordered(v):
     assert (np.diff(rest_w[np.argsort(rest_z, kind="stable")]) >= 0).all() and row_w[top] >= rest_w.max()
 
 
+@pytest.mark.slow
 def test_jitted_path_matches_the_reference_on_real_frames(shipped, steps, clip_tokens):
   tables, formats = shipped.integer_tables, shipped.integer_formats
   n = clip_tokens[0][0].shape[0]
@@ -90,6 +91,7 @@ def test_jitted_path_matches_the_reference_on_real_frames(shipped, steps, clip_t
     np.testing.assert_array_equal(np.concatenate(got, 1), want)
 
 
+@pytest.mark.slow
 def test_tile_batches_give_identical_frequencies(steps, clip_tokens):
   n = clip_tokens[0][0].shape[0]
   runs = []
@@ -151,6 +153,7 @@ def test_the_probability_path_has_no_floating_point_operation(steps):
   assert all(not jnp.issubdtype(c.dtype, jnp.floating) for c in jax.tree.leaves(closed.consts))
 
 
+@pytest.mark.slow
 def test_rate_cost_of_the_integer_path_is_under_one_percent(shipped, steps, clip_tokens):
   """Bits under the integer frequencies against the float model's cross-entropy, same tokens."""
   float_steps = pg.FrameSteps(shipped.tokenizer().quantizer, shipped.context_model())

@@ -109,6 +109,7 @@ def test_prefix_decoding_and_keep(fitted):
   assert int(aux["hits"].sum()) == sum(16 * p * p for p in q.schedule)
 
 
+@pytest.mark.slow
 def test_straight_through_and_codebook_gradients():
   q = qz.MultiScaleQuantizer(vocab_size=32, dim=4, tile=4, rngs=nnx.Rngs(0))
   graphdef, params = nnx.split(q)

@@ -20,6 +20,7 @@ def tok():
   return Tokenizer(**SMALL, rngs=nnx.Rngs(0))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("height,width", [(270, 480), (100, 130)])
 def test_odd_sizes_encode_and_every_prefix_decodes(tok, height, width):
   graphdef, params = nnx.split(tok)
@@ -57,6 +58,7 @@ def test_padding_replicates_edges_and_crops(tok):
     np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
 
 
+@pytest.mark.slow
 def test_gradients_reach_encoder_through_straight_through(tok):
   graphdef, params = nnx.split(tok, nnx.Param)[0], nnx.state(tok, nnx.Param)
   x = jax.random.uniform(jax.random.key(2), (2, 64, 64, 3), minval=-1, maxval=1)
@@ -103,6 +105,7 @@ def test_space_to_depth_folds_blocks_and_inverts():
   assert tokenizer_lib.space_to_depth(x, 1) is x
 
 
+@pytest.mark.slow
 def test_patch_tokenizer_has_no_full_resolution_conv(monkeypatch):
   """patch=4 with two levels is a downsample-8 tokenizer whose convs all run at 1/4 resolution or below."""
   tok = Tokenizer(**dict(SMALL, ch_mult=(1, 2), using_sa=False, patch=4, schedule=(1, 2, 4, 8)),

@@ -167,6 +167,7 @@ def test_generative_completion_keeps_given_scales_and_repeats(quantizer):
     steps.completer(given, "none", jax.random.key(0))
 
 
+@pytest.mark.slow
 def test_tiny_model_fits_toy_tokens(quantizer):
   """A learnable toy source: each I-frame tile is one of 4 fixed token stacks, and a
   P-frame repeats its previous frame except for a few random tokens. Bits per

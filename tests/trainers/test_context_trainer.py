@@ -17,6 +17,8 @@ from progvc_jax.trainers import tokenizer as tokenizer_trainer
 from tests.trainers.test_tokenizer_trainer import SMALL as SMALL_TOKENIZER
 from tests.trainers.test_tokenizer_trainer import small_config as small_tokenizer_config
 
+pytestmark = pytest.mark.slow  # every test here compiles training steps or runs a subprocess
+
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 # A small Transformer over the small tokenizer's 4 x 4 tiles (4 scales, 30

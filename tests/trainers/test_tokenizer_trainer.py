@@ -16,6 +16,8 @@ from progvc_jax import checkpointing, sharding
 from progvc_jax.trainers import common
 from progvc_jax.trainers import tokenizer as trainer_lib
 
+pytestmark = pytest.mark.slow  # every test here compiles training steps or runs a subprocess
+
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
