@@ -1,6 +1,9 @@
 """Training entry point: `python -m progvc_jax.train --config configs/tokenizer.py:tiny --workdir DIR`
 (or configs/context.py:tiny with `--config.tokenizer=TOKENIZER_WORKDIR`).
 
+`configs/tokenizer.py` and `configs/context.py` are found in any directory: a
+path with no file behind it names the config packaged in progvc_jax/configs.
+
 Parses flags and hands over to the trainer of the config's stage. Rerunning
 with the same workdir resumes from its latest checkpoint; on SIGTERM the run
 saves a checkpoint at the next step boundary and exits with status 0.
@@ -23,6 +26,7 @@ import jax
 from absl import app, flags, logging
 from ml_collections import config_flags
 
+from progvc_jax import configs
 from progvc_jax.trainers import context as context_trainer
 from progvc_jax.trainers import tokenizer as tokenizer_trainer
 
@@ -69,4 +73,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  app.run(main, argv=configs.resolve_argv(sys.argv))

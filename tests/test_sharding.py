@@ -6,7 +6,7 @@ import pytest
 from flax import nnx
 from jax.sharding import PartitionSpec as P
 
-from configs import tokenizer as tokenizer_config
+from progvc_jax.configs import tokenizer as tokenizer_config
 from progvc_jax import sharding
 from progvc_jax.models.tokenizer import Tokenizer
 

@@ -26,6 +26,8 @@ import numpy as np
 from absl import app, flags
 from ml_collections import config_flags
 
+from progvc_jax import configs
+
 config_flags.DEFINE_config_file("config", None, "Config file, e.g. configs/tokenizer.py:base.")
 flags.DEFINE_integer("devices", 8, "Simulated CPU devices (ignored on accelerators).")
 flags.DEFINE_string("mesh", None, "Mesh sizes data,fsdp,model (default: the config's).")
@@ -72,8 +74,8 @@ def main(argv):
                              + f" --xla_force_host_platform_device_count={FLAGS.devices}")
   import jax  # after XLA_FLAGS, so the simulated device count applies
 
-  from configs import tokenizer as tokenizer_config
   from progvc_jax import checkpointing, sharding
+  from progvc_jax.configs import tokenizer as tokenizer_config
   from progvc_jax.trainers import context, tokenizer
 
   config = FLAGS.config
@@ -122,4 +124,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  app.run(main, argv=configs.resolve_argv(sys.argv))

@@ -17,7 +17,7 @@ import jax
 import numpy as np
 from absl import app, flags
 
-from configs import tokenizer as tokenizer_config
+from progvc_jax.configs import tokenizer as tokenizer_config
 from progvc_jax import sharding
 from progvc_jax.trainers import tokenizer as trainer_lib
 

@@ -8,8 +8,8 @@ import sys
 import numpy as np
 import pytest
 
-from configs import context as context_config
-from configs import tokenizer as tokenizer_config
+from progvc_jax.configs import context as context_config
+from progvc_jax.configs import tokenizer as tokenizer_config
 from progvc_jax import codec
 from progvc_jax.codec import bitstream, bundle, cli
 from progvc_jax.data import samples, video

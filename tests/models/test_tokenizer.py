@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from configs import tokenizer as tokenizer_config
+from progvc_jax.configs import tokenizer as tokenizer_config
 from progvc_jax.models import tokenizer as tokenizer_lib
 from progvc_jax.models.tokenizer import Tokenizer
 

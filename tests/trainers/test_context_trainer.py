@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from jax.sharding import PartitionSpec as P
 
-from configs import context as context_config
+from progvc_jax.configs import context as context_config
 from progvc_jax import checkpointing, sharding
 from progvc_jax.trainers import common
 from progvc_jax.trainers import context as trainer_lib

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from skimage import data as skdata
 
-from configs import tokenizer as tokenizer_config
+from progvc_jax.configs import tokenizer as tokenizer_config
 from progvc_jax import checkpointing, sharding
 from progvc_jax.trainers import common
 from progvc_jax.trainers import tokenizer as trainer_lib

@@ -1,0 +1,1 @@
+"""The trainers of progvc's two stages (tokenizer, context model) and the loop they share (common)."""
