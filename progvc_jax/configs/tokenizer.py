@@ -54,7 +54,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
 
   c.optimizer = dict(lr=4e-4 if small else 2e-4, warmup_steps=100 if small else 2000,
                      end_lr_factor=0.1, b1=0.5, b2=0.9, weight_decay=0.0, grad_clip=1.0)
-  c.disc_lr = c.optimizer.lr
+  # The discriminator's peak learning rate; None (the default) follows optimizer.lr, also when a
+  # flag or a sweep sets that.
+  c.disc_lr = ml_collections.config_dict.placeholder(float)
   c.ema_decay = 0.999 if not small else 0.99
 
   c.loss = dict(l1=1.0, ms_ssim=0.2, lpips=1.0, vq=1.0, gan=0.1 if not small else 0.0,

@@ -75,7 +75,7 @@ class Trainer:
     self.init = jax.jit(self._init, out_shardings=self.shardings)
     self.step = jax.jit(self._step, in_shardings=(self.shardings, sharding.batch_sharding(mesh, 5)),
                         out_shardings=(self.shardings, rep), donate_argnums=0)
-    self.evaluate = jax.jit(self._evaluate)
+    self.evaluate = jax.jit(self._evaluate, in_shardings=(p_sh, sharding.batch_sharding(mesh, 5)))
 
   # Initialisation.
   def _init(self, rng):
