@@ -8,7 +8,9 @@ parameter carries (conv_out, embed, mlp, ...) to a mesh axis.
 
 A dimension is sharded only when its size divides by the mesh axis; otherwise
 it stays replicated (a 3-channel output conv on a 2-way model axis, say), so
-any model fits any mesh. Each mesh axis is used at most once per array.
+any model fits any mesh, and `param_shardings` logs a warning that names
+every parameter replicated against its rule. Each mesh axis is used at most
+once per array.
 """
 
 from typing import Any, Sequence
@@ -16,6 +18,7 @@ from typing import Any, Sequence
 import jax
 import numpy as np
 import optax
+from absl import logging
 from flax import nnx
 from jax.experimental import mesh_utils
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec as P
@@ -68,8 +71,12 @@ def make_mesh(sizes: Sequence[int], devices=None, dcn: Sequence[int] | None = No
 
 
 def spec_for(logical: Sequence[str | None], shape: Sequence[int], rules: dict[str, Any],
-             mesh: Mesh) -> P:
-  """The mesh PartitionSpec of one array from its logical axis names."""
+             mesh: Mesh, replicated_against_rule: list | None = None) -> P:
+  """The mesh PartitionSpec of one array from its logical axis names.
+
+  replicated_against_rule: where given, gets "name=size over axes" for each
+  dimension whose rule names mesh axes that its size does not divide.
+  """
   used, out = set(), []
   for name, size in zip(logical, shape):
     axis = rules.get(name) if name is not None else None
@@ -77,6 +84,8 @@ def spec_for(logical: Sequence[str | None], shape: Sequence[int], rules: dict[st
     axes = tuple(a for a in axes if a not in used and mesh.shape[a] > 1)
     ways = int(np.prod([mesh.shape[a] for a in axes])) if axes else 1
     if not axes or size % ways:
+      if axes and replicated_against_rule is not None:
+        replicated_against_rule.append(f"{name}={size} over {'x'.join(axes)}={ways}")
       out.append(None)
       continue
     used.update(axes)
@@ -85,12 +94,26 @@ def spec_for(logical: Sequence[str | None], shape: Sequence[int], rules: dict[st
 
 
 def param_shardings(abstract_state: nnx.State, rules: dict[str, Any], mesh: Mesh) -> dict:
-  """NamedShardings (as a pure dict, like the params) for an NNX parameter state."""
+  """NamedShardings (as a pure dict, like the params) for an NNX parameter state.
+
+  Logs one warning naming each parameter dimension left replicated because
+  its size does not divide the mesh axes its rule names.
+  """
   logical = nnx.to_pure_dict(nnx.get_partition_spec(abstract_state))
   shapes = nnx.to_pure_dict(abstract_state)
-  return jax.tree.map(
-      lambda spec, x: NamedSharding(mesh, spec_for(tuple(spec), x.shape, rules, mesh)),
-      logical, shapes, is_leaf=lambda s: isinstance(s, P))
+  against = []
+
+  def sharding_of(path, spec, x):
+    misses = []
+    out = NamedSharding(mesh, spec_for(tuple(spec), x.shape, rules, mesh, misses))
+    against.extend(f"{jax.tree_util.keystr(path, simple=True, separator='/')} ({m})" for m in misses)
+    return out
+
+  shardings = jax.tree_util.tree_map_with_path(sharding_of, logical, shapes, is_leaf=lambda s: isinstance(s, P))
+  if against:
+    logging.warning("%d parameter dimension(s) replicated against their sharding rule on mesh %s, as their "
+                    "size does not divide: %s", len(against), dict(mesh.shape), "; ".join(against))
+  return shardings
 
 
 def opt_state_shardings(optimizer: optax.GradientTransformation, abstract_opt_state,

@@ -1,7 +1,6 @@
 """The packaged configs: every variant builds, and derived fields follow the fields they derive from."""
 
 import jax.numpy as jnp
-import optax
 import pytest
 
 from progvc_jax.configs import context as context_config
@@ -12,7 +11,7 @@ from progvc_jax.trainers import common
 def _second_update(config, lr):
   """The update the optimizer makes at step 1 (after warmup's zero step) for a gradient of 1."""
   tx = common.make_optimizer(config.optimizer, config.total_steps, lr=lr)
-  params, state = {"w": jnp.zeros(())}, None
+  params = {"w": jnp.zeros(())}
   state = tx.init(params)
   for _ in range(2):
     updates, state = tx.update({"w": jnp.ones(())}, state, params)

@@ -66,3 +66,19 @@ def test_param_and_optimizer_shardings_follow_rules(sizes):
   assert opt_sh[0].nu["decoder"]["conv_out"]["kernel"] == shardings["decoder"]["conv_out"]["kernel"]
   assert opt_sh[0].count.spec == P()
 
+
+
+def test_parameters_replicated_against_their_rule_are_named(caplog):
+  mesh = sharding.make_mesh((2, 2, 2))
+  model = tokenizer_config.get_config("tiny").model
+  state = nnx.state(nnx.eval_shape(lambda: Tokenizer(**model, rngs=nnx.Rngs(0))), nnx.Param)
+  with caplog.at_level("WARNING"):
+    sharding.param_shardings(state, RULES, mesh)
+  (warning,) = [r.getMessage() for r in caplog.records if "replicated against" in r.getMessage()]
+  # The decoder's last conv has 3 output channels, which a 2-way model axis does not split.
+  assert "decoder/conv_out/kernel (conv_out=3 over model=2)" in warning
+  assert "encoder/down/1/block/0/conv1" not in warning  # sharded as its rule says
+  caplog.clear()
+  with caplog.at_level("WARNING"):
+    sharding.param_shardings(state, RULES, sharding.make_mesh((8, 1, 1)))  # no axis to shard over
+  assert not [r for r in caplog.records if "replicated against" in r.getMessage()]
