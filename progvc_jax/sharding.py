@@ -13,6 +13,8 @@ every parameter replicated against its rule. Each mesh axis is used at most
 once per array.
 """
 
+import contextlib
+import threading
 from typing import Any, Sequence
 
 import jax
@@ -70,27 +72,88 @@ def make_mesh(sizes: Sequence[int], devices=None, dcn: Sequence[int] | None = No
   return Mesh(grid, AXES, axis_types=types)
 
 
-def spec_for(logical: Sequence[str | None], shape: Sequence[int], rules: dict[str, Any],
-             mesh: Mesh, replicated_against_rule: list | None = None) -> P:
+def _choices(rules, name: str | None) -> list[tuple[str, ...]]:
+  """The mesh axes a logical name may take, in order of preference.
+
+  `rules` is a dict (name -> axis, axes or None) or an ordered list of
+  (name, axis | axes | None) pairs as in MaxText's logical_axis_rules, where
+  later pairs for the same name are fallbacks.
+  """
+  if name is None:
+    return []
+  pairs = rules.items() if isinstance(rules, dict) else rules
+  return [() if a is None else ((a,) if isinstance(a, str) else tuple(a)) for n, a in pairs if n == name]
+
+
+def spec_for(logical: Sequence[str | None], shape: Sequence[int], rules, mesh: Mesh,
+             replicated_against_rule: list | None = None) -> P:
   """The mesh PartitionSpec of one array from its logical axis names.
 
+  Each dimension takes the first of its name's rules whose mesh axes are not
+  yet used by this array and divide its size (axes of size 1 are dropped).
   replicated_against_rule: where given, gets "name=size over axes" for each
-  dimension whose rule names mesh axes that its size does not divide.
+  dimension that a rule would shard but whose size none of them divides.
   """
   used, out = set(), []
   for name, size in zip(logical, shape):
-    axis = rules.get(name) if name is not None else None
-    axes = () if axis is None else ((axis,) if isinstance(axis, str) else tuple(axis))
-    axes = tuple(a for a in axes if a not in used and mesh.shape[a] > 1)
-    ways = int(np.prod([mesh.shape[a] for a in axes])) if axes else 1
-    if not axes or size % ways:
-      if axes and replicated_against_rule is not None:
-        replicated_against_rule.append(f"{name}={size} over {'x'.join(axes)}={ways}")
+    chosen, missed = None, None
+    for axes in _choices(rules, name):
+      axes = tuple(a for a in axes if a not in used and mesh.shape[a] > 1)
+      if not axes:
+        continue
+      ways = int(np.prod([mesh.shape[a] for a in axes]))
+      if size % ways == 0:
+        chosen = axes
+        break
+      missed = missed or f"{name}={size} over {'x'.join(axes)}={ways}"
+    if chosen is None:
+      if missed and replicated_against_rule is not None:
+        replicated_against_rule.append(missed)
       out.append(None)
       continue
-    used.update(axes)
-    out.append(axes[0] if len(axes) == 1 else axes)
+    used.update(chosen)
+    out.append(chosen[0] if len(chosen) == 1 else chosen)
   return P(*out)
+
+
+# Activation sharding: the models name their activations' axes at block
+# boundaries (`constrain`); a trainer turns the names into sharding
+# constraints by tracing its step inside `activation_sharding(mesh, rules)`.
+# Outside it (the codec, tests of the models) `constrain` does nothing.
+_ACTIVE = threading.local()
+
+
+@contextlib.contextmanager
+def activation_sharding(mesh: Mesh, rules):
+  """While active, `constrain` pins activations to the mesh by the ordered `rules`."""
+  previous = getattr(_ACTIVE, "value", None)
+  _ACTIVE.value = (mesh, tuple((n, tuple(a) if isinstance(a, list) else a) for n, a in rules), set())
+  try:
+    yield
+  finally:
+    _ACTIVE.value = previous
+
+
+def constrain(x: jax.Array, *logical: str | None) -> jax.Array:
+  """Names x's axes (batch, length, embed, mlp, heads, spatial, channels, vocab, ...) for sharding.
+
+  Under `activation_sharding` this is a sharding constraint with the spec the
+  rules give; a dimension replicated against its rule is logged once. Elsewhere, x.
+  """
+  active = getattr(_ACTIVE, "value", None)
+  if active is None:
+    return x
+  if len(logical) != x.ndim:
+    raise ValueError(f"constrain: {len(logical)} names {logical} for an array of shape {x.shape}")
+  mesh, rules, warned = active
+  misses = []
+  spec = spec_for(logical, x.shape, rules, mesh, misses)
+  key = (logical, tuple(x.shape))
+  if misses and key not in warned:
+    warned.add(key)
+    logging.warning("activation %s of shape %s replicated against its sharding rule: %s", logical, tuple(x.shape),
+                    "; ".join(misses))
+  return jax.lax.with_sharding_constraint(x, NamedSharding(mesh, spec))
 
 
 def param_shardings(abstract_state: nnx.State, rules: dict[str, Any], mesh: Mesh) -> dict:

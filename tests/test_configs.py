@@ -1,6 +1,7 @@
 """The packaged configs: every variant builds, and derived fields follow the fields they derive from."""
 
 import jax.numpy as jnp
+import numpy as np
 import pytest
 
 from progvc_jax.configs import context as context_config
@@ -43,3 +44,29 @@ def test_unknown_variants_and_arguments_are_named():
     tokenizer_config.get_config("huge")
   with pytest.raises(ValueError, match="'speed' is not one of"):
     context_config.get_config("tiny,speed=3")
+
+
+@pytest.mark.parametrize("n", [1, 3])
+def test_micro_batches_sum_alike_unrolled_and_scanned(n):
+  import jax
+  micro = jax.random.normal(jax.random.key(0), (n, 4, 5))
+
+  def part(i, batch):
+    return (dict(total=jnp.sum(batch * (i + 1)), rows=batch.sum(0))), batch[:1] * i
+
+  unrolled = common.accumulate(part, micro, scan=False)
+  scanned = common.accumulate(part, micro, scan=True)
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6), unrolled, scanned)
+  np.testing.assert_allclose(unrolled[0]["total"], sum(float(jnp.sum(micro[i])) * (i + 1) for i in range(n)),
+                             rtol=1e-5)
+  assert unrolled[1].shape == (n, 1, 5)
+
+
+def test_the_accumulation_loop_is_chosen_by_backend_unless_set():
+  c = tokenizer_config.get_config("tiny")
+  assert c.grad_accum_loop == "auto" and not common.accum_scan(c)  # these tests run on CPU
+  c.grad_accum_loop = "scan"
+  assert common.accum_scan(c)
+  c.grad_accum_loop = "loop"
+  with pytest.raises(ValueError, match="grad_accum_loop must be one of"):
+    common.accum_scan(c)

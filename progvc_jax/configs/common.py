@@ -50,7 +50,11 @@ def new_config(stage: str, arg: ml_collections.ConfigDict, steps: int, batch: in
   c.total_steps = arg.steps or steps
   c.batch_size = arg.batch or batch  # global, over all processes (clips)
   c.grad_accum = 1  # micro-batches per step; the batch is split into this many
+  c.grad_accum_loop = "auto"  # "unroll", "scan" (lax.scan), or "auto": unrolled on CPU, scanned elsewhere
   c.compute_dtype = "float32"  # or "bfloat16" (parameters and optimizer state stay float32)
+  # What each block keeps for the backward pass: "none", "block" (recompute each block from its
+  # input), or a jax.checkpoint_policies name such as "dots_with_no_batch_dims_saveable".
+  c.remat = "none"
   return c
 
 
@@ -61,6 +65,13 @@ def add_mesh(c: ml_collections.ConfigDict) -> None:
   # Logical axis name -> mesh axis (or None: replicated).
   c.sharding_rules = dict(conv_in="fsdp", conv_out="model", embed="fsdp", vocab="model",
                           mlp="model", heads="model", norm=None)
+  # Activations at block boundaries: an ordered list of (logical axis, mesh axes), later pairs for
+  # the same name being fallbacks (MaxText's logical_axis_rules). The batch splits over both
+  # data-parallel axes, or over one where it does not divide by both; heads, MLP hidden units and
+  # conv channels split over the model axis (as their weights do); the rest stay whole.
+  c.activation_rules = (("batch", ("data", "fsdp")), ("batch", "data"), ("batch", "fsdp"),
+                        ("heads", "model"), ("mlp", "model"), ("channels", "model"), ("vocab", "model"),
+                        ("length", None), ("embed", None), ("spatial", None))
 
 
 def data_fields(clip_len: int, crop: int, runlocal: bool) -> dict:

@@ -28,6 +28,28 @@ def param(rngs: nnx.Rngs, init, shape: Sequence[int], axes: Axes) -> nnx.Param:
   )
 
 
+# config.remat: which activations a block keeps for the backward pass. "none" keeps all
+# (no rematerialisation); "block" keeps only each block's input and recomputes the rest;
+# any other name is a jax.checkpoint_policies policy, such as "dots_with_no_batch_dims_saveable"
+# (keep the matmul outputs, recompute the elementwise work).
+REMAT_POLICIES = ("none", "block", "dots_saveable", "dots_with_no_batch_dims_saveable", "nothing_saveable",
+                  "everything_saveable")
+
+
+def check_remat(policy: str) -> str:
+  if policy not in REMAT_POLICIES:
+    raise ValueError(f"remat must be one of {REMAT_POLICIES}, got {policy!r}")
+  return policy
+
+
+def remat(fn, policy: str):
+  """fn under jax.checkpoint with the named policy (see REMAT_POLICIES); "none": fn itself."""
+  if check_remat(policy) == "none":
+    return fn
+  name = "nothing_saveable" if policy == "block" else policy
+  return nnx.remat(fn, policy=getattr(jax.checkpoint_policies, name))
+
+
 def swish(x: jax.Array) -> jax.Array:
   return x * jax.nn.sigmoid(x)
 

@@ -26,6 +26,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from progvc_jax import sharding
 from progvc_jax.models import layers
 from progvc_jax.models.quantizer import MultiScaleQuantizer
 
@@ -89,7 +90,8 @@ class Level(nnx.Module):
       x = block(x)
       if self.attn:
         x = self.attn[i](x)
-    return x if self.resample is None else self.resample(x)
+    x = x if self.resample is None else self.resample(x)
+    return sharding.constrain(x, "batch", "spatial", "spatial", "channels")
 
 
 class Mid(nnx.Module):
@@ -103,7 +105,7 @@ class Mid(nnx.Module):
     x = self.block_1(x)
     if self.attn_1 is not None:
       x = self.attn_1(x)
-    return self.block_2(x)
+    return sharding.constrain(self.block_2(x), "batch", "spatial", "spatial", "channels")
 
 
 def space_to_depth(x: jax.Array, p: int) -> jax.Array:
@@ -124,12 +126,16 @@ def depth_to_space(x: jax.Array, p: int) -> jax.Array:
   return x.reshape(b, h * p, w * p, c // (p * p))
 
 
+def _apply(module, x):
+  return module(x)
+
+
 class Encoder(nnx.Module):
 
   def __init__(self, *, ch, ch_mult, num_res_blocks, z_channels, using_sa, using_mid_sa,
-               groups, patch, dtype, rngs):
+               groups, patch, dtype, remat="none", rngs):
     n = len(ch_mult)
-    self.patch = patch
+    self.patch, self.remat = patch, remat
     self.conv_in = layers.Conv(3 * patch * patch, ch, 3, dtype=dtype, rngs=rngs)
     mults = (1,) + tuple(ch_mult)
     self.down = nnx.List([
@@ -141,9 +147,10 @@ class Encoder(nnx.Module):
     self.conv_out = layers.Conv(top, z_channels, 3, dtype=dtype, rngs=rngs)
 
   def __call__(self, x):
-    h = self.conv_in(space_to_depth(x, self.patch))
+    h = sharding.constrain(self.conv_in(space_to_depth(x, self.patch)), "batch", "spatial", "spatial", "channels")
+    run = layers.remat(_apply, self.remat)
     for level in self.down:
-      h = level(h)
+      h = run(level, h)
     return self.conv_out(layers.swish(self.norm_out(self.mid(h))))
 
 
@@ -151,9 +158,9 @@ class Decoder(nnx.Module):
   """Mirror of the encoder; `up[i]` is the level at the resolution of `down[i]`."""
 
   def __init__(self, *, ch, ch_mult, num_res_blocks, z_channels, using_sa, using_mid_sa,
-               groups, patch, dtype, rngs):
+               groups, patch, dtype, remat="none", rngs):
     n = len(ch_mult)
-    self.patch = patch
+    self.patch, self.remat = patch, remat
     top = ch * ch_mult[-1]
     self.conv_in = layers.Conv(z_channels, top, 3, dtype=dtype, rngs=rngs)
     self.mid = Mid(top, using_mid_sa, groups, dtype, rngs)
@@ -168,9 +175,10 @@ class Decoder(nnx.Module):
 
   def features(self, z):
     """The input of the last conv (`conv_out`)."""
-    h = self.mid(self.conv_in(z))
+    run = layers.remat(_apply, self.remat)
+    h = run(self.mid, self.conv_in(z))
     for level in reversed(self.up):
-      h = level(h)
+      h = run(level, h)
     return layers.swish(self.norm_out(h))
 
   def __call__(self, z):
@@ -198,12 +206,13 @@ class Tokenizer(nnx.Module):
                using_mid_sa: bool = True, norm_groups: int = 32, vocab_size: int = 4096,
                tile: int = 16, schedule: Sequence[int] | None = None, num_phi: int = 4,
                phi_ratio: float = 0.5, beta: float = 0.25, patch: int = 1, dtype=jnp.float32,
-               rngs: nnx.Rngs):
+               remat: str = "none", rngs: nnx.Rngs):
     if patch < 1:
       raise ValueError(f"tokenizer patch must be at least 1, got {patch}")
+    layers.check_remat(remat)
     net = dict(ch=ch, ch_mult=tuple(ch_mult), num_res_blocks=num_res_blocks, z_channels=z_channels,
                using_sa=using_sa, using_mid_sa=using_mid_sa, groups=norm_groups, patch=patch,
-               dtype=dtype, rngs=rngs)
+               dtype=dtype, remat=remat, rngs=rngs)
     self.downsample = patch * 2 ** (len(ch_mult) - 1)
     self.tile = tile
     self.encoder = Encoder(**net)

@@ -38,6 +38,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from progvc_jax import sharding
 from progvc_jax.models import layers
 
 I_FRAME, P_FRAME = 0, 1
@@ -105,12 +106,13 @@ class Attention(nnx.Module):
 
   def attend(self, q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array | None) -> jax.Array:
     """q (N, Lq, H, D), k/v (N, Lk, H, D), mask broadcastable to (N, H, Lq, Lk)."""
+    q = sharding.constrain(q, "batch", "length", "heads", None)
     s = jnp.einsum("nqhd,nkhd->nhqk", q, k)
     if mask is not None:
       s = jnp.where(mask, s, -1e30)
     p = jax.nn.softmax(s, axis=-1)
     o = jnp.einsum("nhqk,nkhd->nqhd", p.astype(v.dtype), v)
-    return self.out(o)
+    return self.out(sharding.constrain(o, "batch", "length", "heads", None))
 
 
 class Block(nnx.Module):
@@ -130,7 +132,7 @@ class Block(nnx.Module):
     return [m[:, i, None, :] for i in range(m.shape[1])]
 
   def mlp(self, x: jax.Array) -> jax.Array:
-    return self.fc2(jax.nn.gelu(self.fc1(x), approximate=True))
+    return self.fc2(sharding.constrain(jax.nn.gelu(self.fc1(x), approximate=True), "batch", "length", "mlp"))
 
   def __call__(self, x, mod, self_kv, self_mask, cross_kv=None, cross_mask=None):
     """x (N, Lq, W); self_kv/cross_kv: the keys and values to attend to."""
@@ -143,6 +145,16 @@ class Block(nnx.Module):
       x = x + gate * self.cross_attn.attend(self.cross_attn.queries(h), *cross_kv, cross_mask)
     shift, scale, gate = mod[-3:]
     return x + gate * self.mlp(layer_norm(x) * (1 + scale) + shift)
+
+
+def _teacher_forced_block(model, block, x, cond, self_mask, mem, cross_mask):
+  """One block of the teacher-forced pass: a unit of rematerialisation."""
+  cross_kv = None
+  if block.cross:
+    nk, nv = model._null_kv(block, x.shape[0])
+    k, v = block.cross_attn.keys_values(mem)
+    cross_kv = (jnp.concatenate([nk, k], 1), jnp.concatenate([nv.astype(v.dtype), v], 1))
+  return block(x, block.modulation(cond), block.attn.keys_values, self_mask, cross_kv, cross_mask)
 
 
 class ContextModel(nnx.Module):
@@ -159,11 +171,12 @@ class ContextModel(nnx.Module):
 
   def __init__(self, *, vocab_size: int, latent_dim: int, schedule: Sequence[int], width: int = 256,
                depth: int = 4, heads: int = 4, mlp_ratio: float = 4.0, context: str = "additive",
-               dtype=jnp.float32, rngs: nnx.Rngs):
+               dtype=jnp.float32, remat: str = "none", rngs: nnx.Rngs):
     if context not in CONTEXTS:
       raise ValueError(f"context must be one of {CONTEXTS}, got {context!r}")
     self.schedule = tuple(int(p) for p in schedule)
     self.vocab_size, self.width, self.context, self.dtype = vocab_size, width, context, dtype
+    self.remat = layers.check_remat(remat)  # what training keeps for the backward pass (layers.REMAT_POLICIES)
     self.offsets = tuple(int(x) for x in np.cumsum([0] + [p * p for p in self.schedule]))
     # Scale of every position (a tuple: NNX would take an array attribute for state).
     self.levels = tuple(int(k) for k, p in enumerate(self.schedule) for _ in range(p * p))
@@ -247,14 +260,12 @@ class ContextModel(nnx.Module):
     if self.context == "cross" and mem is None:
       cross_mask = jnp.concatenate([jnp.ones((n, L, 1), bool), jnp.zeros((n, L, L), bool)], 2)[:, None]
       mem = jnp.zeros((n, L, self.width), self.dtype)
+    run = layers.remat(_teacher_forced_block, self.remat)
     for block in self.blocks:
-      cross_kv = None
-      if block.cross:
-        nk, nv = self._null_kv(block, n)
-        k, v = block.cross_attn.keys_values(mem)
-        cross_kv = (jnp.concatenate([nk, k], 1), jnp.concatenate([nv.astype(v.dtype), v], 1))
-      x = block(x, block.modulation(cond), block.attn.keys_values, self_mask, cross_kv, cross_mask)
-    return self._logits(x, cond)
+      x = sharding.constrain(x, "batch", "length", "embed")
+      x = run(self, block, x, cond, self_mask, mem, cross_mask)
+    x = sharding.constrain(x, "batch", "length", "embed")
+    return sharding.constrain(self._logits(x, cond), "batch", "length", "vocab")
 
   # Incremental pass (codec).
   def init_cache(self, n: int) -> list[dict]:

@@ -41,7 +41,7 @@ def build_models(config, tokenizer_args: dict):
   """Abstract tokenizer (frozen, float32) and context model (no weights allocated)."""
   tok = nnx.eval_shape(lambda: Tokenizer(**tokenizer_args, rngs=nnx.Rngs(0)))
   model = nnx.eval_shape(lambda: ContextModel(**model_args(config, tok), dtype=common.compute_dtype(config),
-                                              rngs=nnx.Rngs(0)))
+                                              remat=config.remat, rngs=nnx.Rngs(0)))
   return tok, model
 
 
@@ -76,14 +76,17 @@ class Trainer:
                                  abstract, self.shardings)
     batch_sh = sharding.batch_sharding(mesh, 5)
     self.init = jax.jit(self._init, out_shardings=self.shardings)
-    self.step = jax.jit(self._step, in_shardings=(self.shardings, self.tok_shardings, batch_sh),
+    # Both trace with the activation rules in force.
+    step = common.with_activation_sharding(self._step, mesh, config)
+    evaluate = common.with_activation_sharding(self._evaluate, mesh, config)
+    self.step = jax.jit(step, in_shardings=(self.shardings, self.tok_shardings, batch_sh),
                         out_shardings=(self.shardings, rep), donate_argnums=0)
-    self.evaluate = jax.jit(self._evaluate, in_shardings=(p_sh, self.tok_shardings, batch_sh))
+    self.evaluate = jax.jit(evaluate, in_shardings=(p_sh, self.tok_shardings, batch_sh))
 
   def _init(self, rng):
     c = self.config
-    params = nnx.to_pure_dict(nnx.state(ContextModel(**self.model_args, dtype=common.compute_dtype(c),
-                                                     rngs=nnx.Rngs(rng)), nnx.Param))
+    model = ContextModel(**self.model_args, dtype=common.compute_dtype(c), remat=c.remat, rngs=nnx.Rngs(rng))
+    params = nnx.to_pure_dict(nnx.state(model, nnx.Param))
     return dict(step=jnp.zeros((), jnp.int32), params=params, opt=self.tx.init(params), ema=params)
 
   # Tokens and the model's inputs.
@@ -136,13 +139,13 @@ class Trainer:
       bits = self._bits(params, *inputs)
       return jnp.mean(bits), bits
 
-    # Micro-batches are unrolled (see the tokenizer trainer: XLA:CPU runs loops slowly).
-    grads = figures = None
-    for i in range(c.grad_accum):
-      inputs = self.sequences(tok_params, micro[i])
+    def part(i, batch):
+      del i
+      inputs = self.sequences(tok_params, batch)
       (loss, bits), g = jax.value_and_grad(loss_fn, has_aux=True)(state["params"], inputs)
-      part = (g, dict(loss=loss, **self._figures(bits, inputs[1])))
-      grads, figures = part if i == 0 else jax.tree.map(jnp.add, (grads, figures), part)
+      return (g, dict(loss=loss, **self._figures(bits, inputs[1]))), None
+
+    (grads, figures), _ = common.accumulate(part, micro, common.accum_scan(c))
     grads, figures = jax.tree.map(lambda a: a / c.grad_accum, (grads, figures))
 
     updates, opt = self.tx.update(grads, state["opt"], state["params"])

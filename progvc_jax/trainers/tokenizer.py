@@ -32,7 +32,7 @@ FIGURES = ("loss", "rec_loss", "vq_loss", "gan_weight", "disc_loss", "grad_norm"
 def build_models(config):
   """Abstract tokenizer and discriminator (no weights allocated)."""
   dtype = common.compute_dtype(config)
-  tok = nnx.eval_shape(lambda: Tokenizer(**config.model, dtype=dtype, rngs=nnx.Rngs(0)))
+  tok = nnx.eval_shape(lambda: Tokenizer(**config.model, dtype=dtype, remat=config.remat, rngs=nnx.Rngs(0)))
   disc = nnx.eval_shape(lambda: PatchDiscriminator(**config.disc, dtype=dtype, rngs=nnx.Rngs(0)))
   return tok, disc
 
@@ -73,16 +73,19 @@ class Trainer:
     self.abstract = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
                                  abstract, self.shardings)
     self.init = jax.jit(self._init, out_shardings=self.shardings)
-    self.step = jax.jit(self._step, in_shardings=(self.shardings, sharding.batch_sharding(mesh, 5)),
+    # Both trace with the activation rules in force.
+    step = common.with_activation_sharding(self._step, mesh, config)
+    evaluate = common.with_activation_sharding(self._evaluate, mesh, config)
+    self.step = jax.jit(step, in_shardings=(self.shardings, sharding.batch_sharding(mesh, 5)),
                         out_shardings=(self.shardings, rep), donate_argnums=0)
-    self.evaluate = jax.jit(self._evaluate, in_shardings=(p_sh, sharding.batch_sharding(mesh, 5)))
+    self.evaluate = jax.jit(evaluate, in_shardings=(p_sh, sharding.batch_sharding(mesh, 5)))
 
   # Initialisation.
   def _init(self, rng):
     r_tok, r_disc = jax.random.split(rng)
     c = self.config
-    params = nnx.to_pure_dict(nnx.state(Tokenizer(**c.model, dtype=common.compute_dtype(c),
-                                                   rngs=nnx.Rngs(r_tok)), nnx.Param))
+    tok = Tokenizer(**c.model, dtype=common.compute_dtype(c), remat=c.remat, rngs=nnx.Rngs(r_tok))
+    params = nnx.to_pure_dict(nnx.state(tok, nnx.Param))
     disc = nnx.to_pure_dict(nnx.state(PatchDiscriminator(**c.disc, dtype=common.compute_dtype(c),
                                                          rngs=nnx.Rngs(r_disc)), nnx.Param))
     return dict(step=jnp.zeros((), jnp.int32), params=params, opt=self.tx.init(params),
@@ -143,20 +146,17 @@ class Trainer:
     x = common.to_unit_range(frames.reshape(-1, *frames.shape[2:]))  # clips -> frames
     micro = common.split_micro(x, c.grad_accum)
 
-    # Micro-batches are unrolled: a handful at most, and XLA:CPU runs a loop
-    # body far slower than the same ops unrolled.
-    grads = dgrads = figures = hits = None
-    latents = []
-    for i in range(c.grad_accum):
+    def part(i, batch):
       (loss, out), g = jax.value_and_grad(self._losses, has_aux=True)(
-          state["params"], state["disc"], micro[i], jax.random.fold_in(rng, i), step)
-      dl, dg = (jax.value_and_grad(self._disc_loss)(state["disc"], micro[i], out["rec"]) if c.loss.gan
+          state["params"], state["disc"], batch, jax.random.fold_in(rng, i), step)
+      dl, dg = (jax.value_and_grad(self._disc_loss)(state["disc"], batch, out["rec"]) if c.loss.gan
                 else (jnp.zeros(()), jax.tree.map(jnp.zeros_like, state["disc"])))
       fig = dict(loss=loss, rec_loss=out["rec_loss"], vq_loss=out["vq_loss"],
                  gan_weight=out["gan_weight"], disc_loss=dl)
-      part = (g, dg, fig, out["hits"].astype(jnp.float32))
-      grads, dgrads, figures, hits = part if i == 0 else jax.tree.map(jnp.add, (grads, dgrads, figures, hits), part)
-      latents.append(out["latent"][:, ::2, ::2].reshape(-1, out["latent"].shape[-1]))
+      latent = out["latent"][:, ::2, ::2].reshape(-1, out["latent"].shape[-1])
+      return (g, dg, fig, out["hits"].astype(jnp.float32)), latent
+
+    (grads, dgrads, figures, hits), latents = common.accumulate(part, micro, common.accum_scan(c))
     grads, dgrads, figures = jax.tree.map(lambda a: a / c.grad_accum, (grads, dgrads, figures))
 
     updates, opt = self.tx.update(grads, state["opt"], state["params"])
@@ -170,7 +170,7 @@ class Trainer:
     # Dead codes come back as latent vectors of this batch.
     usage = state["usage"] * c.codebook.usage_decay + hits.sum(0) * (1 - c.codebook.usage_decay)
     revive = (c.codebook.revive_every > 0) & ((step + 1) % max(c.codebook.revive_every, 1) == 0)
-    cands = jnp.concatenate(latents)
+    cands = latents.reshape(-1, latents.shape[-1])
     book, n_revived = qz.revive_dead_codes(params["quantizer"]["codebook"], usage, cands,
                                            jax.random.fold_in(rng, c.grad_accum), c.codebook.revive_threshold)
     params["quantizer"]["codebook"] = jnp.where(revive, book, params["quantizer"]["codebook"])
