@@ -37,6 +37,8 @@ setup(
     package_data={"progvc_jax": ["assets/*.pgvcm"]},
     entry_points={"console_scripts": ["progvc = progvc_jax.codec.cli:main"]},
     extras_require={
+        # The TPU compiler, for `tools/aot_compile.py --topology` (compile-only; no TPU needed) and TPU VMs.
+        "tpu": ["jax[tpu]>=0.10.2,<0.11"],
         "dev": [
             "pytest>=8",
             "pytest-xdist>=3.5",

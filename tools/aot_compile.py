@@ -8,13 +8,18 @@ it names a checkpoint, else from the tokenizer config variant of the same name
 (--tokenizer_variant to choose another).
 
 With --topology (a Cloud TPU type: v4-32, v5p-64, v5e-16, v6e-64) the step is
-compiled for that TPU slice instead, which needs the TPU compiler (libtpu,
-`pip install 'jax[tpu]'`) but no TPU.
+compiled for that TPU slice instead, which needs the TPU compiler (libtpu:
+`pip install -e ".[tpu]"`) but no TPU. The report then compares the per-chip
+peak with the chip's HBM; a step that does not fit is reported, not raised.
+--fit searches the largest global batch that fits (a compile per probe):
+
+  python tools/aot_compile.py --config configs/context.py:base --topology v5e-16 --mesh 4,4,1 --fit
 
 On a CPU the devices are simulated (--devices sets XLA's host device count),
 so sharding errors and the per-device footprint of a mesh show up before
 any accelerator is booked. Nothing is run: the step is lowered against
-abstract inputs (shapes and shardings only) and compiled.
+abstract inputs (shapes and shardings only) and compiled (progvc_jax/aot.py).
+--json_out appends every report as a JSON line to a file.
 """
 
 import importlib.util
@@ -22,7 +27,6 @@ import json
 import os
 import sys
 
-import numpy as np
 from absl import app, flags
 from ml_collections import config_flags
 
@@ -34,6 +38,8 @@ flags.DEFINE_string("mesh", None, "Mesh sizes data,fsdp,model (default: the conf
 flags.DEFINE_integer("batch", 0, "Global batch (default: the config's).")
 flags.DEFINE_string("topology", None, "Compile for this Cloud TPU type, e.g. v5e-16 or v4-32.")
 flags.DEFINE_string("tokenizer_variant", None, "Context stage: tokenizer variant (default: the config's variant).")
+flags.DEFINE_bool("fit", False, "Search the largest global batch whose step fits the TPU's memory.")
+flags.DEFINE_string("json_out", None, "Append every report as a JSON line to this file.")
 FLAGS = flags.FLAGS
 
 
@@ -41,86 +47,68 @@ def _gib(n) -> str:
   return f"{n / 2**30:.3f} GiB"
 
 
-# Generation -> (TensorCores per chip in the type's name, torus dimensions, chip config).
-TPU_GENERATIONS = {"v4": (2, 3, "megacore"), "v5p": (2, 3, "megacore"), "v5e": (1, 2, "default"),
-                   "v5litepod": (1, 2, "default"), "v6e": (1, 2, "default")}
-
-
-def tpu_topology(name: str):
-  """Compile-only devices of a Cloud TPU type such as v5e-16 (libtpu's topology description)."""
-  gen, _, count = name.partition("-")
-  if gen not in TPU_GENERATIONS or not count.isdigit():
-    raise ValueError(f"unknown TPU type {name!r}; e.g. {', '.join(g + '-16' for g in TPU_GENERATIONS)}")
-  cores, dims, chip_config = TPU_GENERATIONS[gen]
-  chips = int(count) // cores
-  if chips < 1 or chips & (chips - 1):
-    raise ValueError(f"TPU type {name!r}: expected a power-of-two number of chips")
-  shape = [1] * dims
-  while int(np.prod(shape)) < chips:  # the most cube-like torus, as Cloud TPU lays slices out
-    shape[shape.index(min(shape))] *= 2
-  from jax.experimental import topologies
-
-  topo = topologies.get_topology_desc(
-      f"{'v5e' if gen == 'v5litepod' else gen}:{'x'.join(map(str, sorted(shape)))}", "tpu",
-      chip_config_name=chip_config, chips_per_host_bounds=(2, 2, 1), num_slices=1)
-  return topo.devices
+def show(report: dict) -> None:
+  """Prints a report as a sentence and a JSON line (and appends it to --json_out)."""
+  head = (f"{report['stage']} {report['variant']} step on mesh {report['mesh']} ({report['platform']}), "
+          f"global batch {report['batch']} of {report['clip_len']}x{report['crop']}x{report['crop']}: ")
+  if "peak_bytes_per_device" not in report:
+    print(head + f"does not fit {_gib(report['hbm_bytes_per_device'])} ({report['error']}); "
+          f"compile {report['compile_s']} s")
+  else:
+    hbm = report.get("hbm_bytes_per_device")
+    print(head + f"peak about {_gib(report['peak_bytes_per_device'])} per device"
+          + (f" of {_gib(hbm)} HBM" if hbm else "")
+          + f" (arguments {_gib(report['argument_bytes'])}, temporaries {_gib(report['temp_bytes'])}), "
+          f"{report['flops_per_step_per_device'] or 0:.3g} FLOPs per device; "
+          f"lower {report['lower_s']} s, compile {report['compile_s']} s")
+  print(json.dumps(report), flush=True)
+  if FLAGS.json_out:
+    with open(FLAGS.json_out, "a") as f:
+      f.write(json.dumps(report) + "\n")
 
 
 def main(argv):
   del argv
   if FLAGS.config is None:
     sys.exit("aot_compile: --config is required")
+  if FLAGS.topology and importlib.util.find_spec("libtpu") is None:
+    sys.exit('aot_compile: --topology needs the TPU compiler (libtpu): pip install -e ".[tpu]"')
+  if FLAGS.fit and not FLAGS.topology:
+    sys.exit("aot_compile: --fit needs --topology (simulated CPU devices have no memory limit)")
   os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "")
                              + f" --xla_force_host_platform_device_count={FLAGS.devices}")
-  import jax  # after XLA_FLAGS, so the simulated device count applies
-
-  from progvc_jax import checkpointing, sharding
-  from progvc_jax.configs import tokenizer as tokenizer_config
-  from progvc_jax.trainers import context, tokenizer
+  if FLAGS.topology:
+    # Compile-only: the TPU devices come from the topology, so no TPU runtime starts (the rest runs
+    # on the CPU), no cloud metadata is queried, and other processes may load libtpu at the same time.
+    for name, value in (("JAX_PLATFORMS", "cpu"), ("TPU_SKIP_MDS_QUERY", "1"), ("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")):
+      os.environ.setdefault(name, value)
+  from progvc_jax import aot, sharding  # imports jax after XLA_FLAGS, so the simulated device count applies
 
   config = FLAGS.config
   if FLAGS.mesh:
     config.mesh = tuple(int(s) for s in FLAGS.mesh.split(","))
   if FLAGS.batch:
     config.batch_size = FLAGS.batch
-  if FLAGS.topology and importlib.util.find_spec("libtpu") is None:
-    sys.exit("aot_compile: --topology needs the TPU compiler (libtpu): pip install 'jax[tpu]'")
   try:
-    mesh = sharding.make_mesh(config.mesh, devices=tpu_topology(FLAGS.topology) if FLAGS.topology else None)
-    if config.stage == "context":
-      if config.tokenizer:
-        tok_args = checkpointing.load_model_args(config.tokenizer, "tokenizer")
-      else:
-        tok_args = dict(tokenizer_config.get_config(FLAGS.tokenizer_variant or config.variant).model)
-      trainer = context.Trainer(config, mesh, tok_args)
-      frozen = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
-                            trainer.tok_abstract, trainer.tok_shardings)
-      inputs = (trainer.abstract, frozen)
-    else:
-      trainer = tokenizer.Trainer(config, mesh)
-      inputs = (trainer.abstract,)
+    devices, hbm = aot.tpu_topology(FLAGS.topology) if FLAGS.topology else (None, None)
+    mesh = sharding.make_mesh(config.mesh, devices=devices)
+    aot.build(config, mesh, FLAGS.tokenizer_variant)  # configuration errors before any compile
   except (ValueError, FileNotFoundError) as e:
     sys.exit(f"aot_compile: {e}")
-  crop, t = config.data.crop, config.data.clip_len
-  batch = jax.ShapeDtypeStruct((config.batch_size, t, crop, crop, 3), jax.numpy.uint8,
-                               sharding=sharding.batch_sharding(mesh, 5))
-  compiled = trainer.step.lower(*inputs, batch).compile()
-  mem = compiled.memory_analysis()
-  cost = compiled.cost_analysis()
-  cost = cost[0] if isinstance(cost, (list, tuple)) else cost
-  report = dict(
-      mesh=dict(mesh.shape), platform=mesh.devices.flat[0].platform, batch=config.batch_size, crop=crop,
-      flops_per_step_per_device=float(cost.get("flops", 0.0)) if cost else None,
-      argument_bytes=mem.argument_size_in_bytes, output_bytes=mem.output_size_in_bytes,
-      temp_bytes=mem.temp_size_in_bytes, alias_bytes=mem.alias_size_in_bytes,
-      generated_code_bytes=mem.generated_code_size_in_bytes)
-  peak = mem.argument_size_in_bytes + mem.output_size_in_bytes + mem.temp_size_in_bytes - mem.alias_size_in_bytes
-  report["peak_bytes_per_device"] = peak
-  print(f"compiled the {config.stage} step on mesh {dict(mesh.shape)} ({report['platform']}), "
-        f"global batch {config.batch_size} of {t}x{crop}x{crop}")
-  print(f"  per device: arguments {_gib(mem.argument_size_in_bytes)}, temporaries {_gib(mem.temp_size_in_bytes)}, "
-        f"peak about {_gib(peak)}")
-  print(json.dumps(report))
+
+  def compile_at(batch: int) -> dict:
+    config.batch_size = batch
+    report = aot.compile_step(config, mesh, hbm, FLAGS.tokenizer_variant)
+    show(report)
+    return report
+
+  if FLAGS.fit:
+    best = aot.largest_batch(lambda b: compile_at(b)["fits"], mesh.shape["data"] * mesh.shape["fsdp"],
+                             config.batch_size)
+    print(f"largest global batch of {config.stage} {config.variant} that fits {FLAGS.topology} "
+          f"on mesh {dict(mesh.shape)}: {best}")
+  else:
+    compile_at(config.batch_size)
 
 
 if __name__ == "__main__":

@@ -43,6 +43,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.model = dict(MODELS[arg.variant], context="additive")
 
   common.add_mesh(c)
+  # Run the Transformer's blocks as one lax.scan in the training step: compile time flat in depth,
+  # the same parameters and checkpoints (models/transformer.py).
+  c.scan_layers = not small
 
   c.optimizer = dict(lr=1e-3 if small else 3e-4, warmup_steps=50 if small else 2000,
                      end_lr_factor=0.1, b1=0.9, b2=0.95, weight_decay=0.05, grad_clip=1.0)

@@ -42,12 +42,15 @@ def check_remat(policy: str) -> str:
   return policy
 
 
-def remat(fn, policy: str):
-  """fn under jax.checkpoint with the named policy (see REMAT_POLICIES); "none": fn itself."""
+def remat(fn, policy: str, *, modules: bool = True):
+  """fn under jax.checkpoint with the named policy (see REMAT_POLICIES); "none": fn itself.
+
+  modules=False for a function of arrays only (jax.checkpoint instead of nnx.remat).
+  """
   if check_remat(policy) == "none":
     return fn
   name = "nothing_saveable" if policy == "block" else policy
-  return nnx.remat(fn, policy=getattr(jax.checkpoint_policies, name))
+  return (nnx.remat if modules else jax.checkpoint)(fn, policy=getattr(jax.checkpoint_policies, name))
 
 
 def swish(x: jax.Array) -> jax.Array:

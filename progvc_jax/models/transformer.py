@@ -26,7 +26,12 @@ K' needs was received. `context` chooses how it enters:
   cross:    every block cross-attends to the previous frame's positions of
             scales <= k (plus a learned null slot, all an I-frame sees).
 
-`__call__` is the teacher-forced pass used in training. `init_cache` and
+`__call__` is the teacher-forced pass used in training. With `scan_layers`
+it runs the blocks as one `lax.scan` over their stacked parameters, so its
+program holds a single block however deep the model (compile time flat in
+depth). The parameters keep their per-block layout either way, so
+checkpoints and bundles do not depend on it; the price is one stacked copy
+of the block parameters inside the step. `init_cache` and
 `step` are the incremental pass the codec runs: one call per scale, fed only
 that scale's inputs, with keys and values of earlier scales in a cache.
 """
@@ -167,16 +172,20 @@ class ContextModel(nnx.Module):
     width, depth, heads, mlp_ratio: Transformer size.
     context: "additive" or "cross" (see the module docstring).
     dtype: compute dtype (parameters stay float32; logits are float32).
+    remat: what the teacher-forced pass keeps for the backward pass (layers.REMAT_POLICIES).
+    scan_layers: run the teacher-forced pass's blocks under one lax.scan.
   """
 
   def __init__(self, *, vocab_size: int, latent_dim: int, schedule: Sequence[int], width: int = 256,
                depth: int = 4, heads: int = 4, mlp_ratio: float = 4.0, context: str = "additive",
-               dtype=jnp.float32, remat: str = "none", rngs: nnx.Rngs):
+               dtype=jnp.float32, remat: str = "none", scan_layers: bool = False,
+               rngs: nnx.Rngs):
     if context not in CONTEXTS:
       raise ValueError(f"context must be one of {CONTEXTS}, got {context!r}")
     self.schedule = tuple(int(p) for p in schedule)
     self.vocab_size, self.width, self.context, self.dtype = vocab_size, width, context, dtype
-    self.remat = layers.check_remat(remat)  # what training keeps for the backward pass (layers.REMAT_POLICIES)
+    self.remat = layers.check_remat(remat)
+    self.scan_layers = bool(scan_layers)
     self.offsets = tuple(int(x) for x in np.cumsum([0] + [p * p for p in self.schedule]))
     # Scale of every position (a tuple: NNX would take an array attribute for state).
     self.levels = tuple(int(k) for k, p in enumerate(self.schedule) for _ in range(p * p))
@@ -260,12 +269,29 @@ class ContextModel(nnx.Module):
     if self.context == "cross" and mem is None:
       cross_mask = jnp.concatenate([jnp.ones((n, L, 1), bool), jnp.zeros((n, L, L), bool)], 2)[:, None]
       mem = jnp.zeros((n, L, self.width), self.dtype)
-    run = layers.remat(_teacher_forced_block, self.remat)
-    for block in self.blocks:
-      x = sharding.constrain(x, "batch", "length", "embed")
-      x = run(self, block, x, cond, self_mask, mem, cross_mask)
+    if self.scan_layers and len(self.blocks) > 1:
+      x = self._scanned_blocks(x, cond, self_mask, mem, cross_mask)
+    else:
+      run = layers.remat(_teacher_forced_block, self.remat)
+      for block in self.blocks:
+        x = sharding.constrain(x, "batch", "length", "embed")
+        x = run(self, block, x, cond, self_mask, mem, cross_mask)
     x = sharding.constrain(x, "batch", "length", "embed")
     return sharding.constrain(self._logits(x, cond), "batch", "length", "vocab")
+
+  def _scanned_blocks(self, x, cond, self_mask, mem, cross_mask):
+    """The blocks as one lax.scan over their parameters stacked on a leading layer axis."""
+    graphdef, _ = nnx.split(self.blocks[0])
+    stacked = jax.tree.map(lambda *ps: jnp.stack(ps), *[nnx.state(b) for b in self.blocks])
+
+    def body(x, block_state):
+      block = nnx.merge(graphdef, block_state)
+      x = sharding.constrain(x, "batch", "length", "embed")
+      return _teacher_forced_block(self, block, x, cond, self_mask, mem, cross_mask)
+
+    body = layers.remat(body, self.remat, modules=False)
+    x, _ = jax.lax.scan(lambda x, st: (body(x, st), None), x, stacked)
+    return x
 
   # Incremental pass (codec).
   def init_cache(self, n: int) -> list[dict]:

@@ -41,7 +41,8 @@ def build_models(config, tokenizer_args: dict):
   """Abstract tokenizer (frozen, float32) and context model (no weights allocated)."""
   tok = nnx.eval_shape(lambda: Tokenizer(**tokenizer_args, rngs=nnx.Rngs(0)))
   model = nnx.eval_shape(lambda: ContextModel(**model_args(config, tok), dtype=common.compute_dtype(config),
-                                              remat=config.remat, rngs=nnx.Rngs(0)))
+                                              remat=config.remat, scan_layers=config.scan_layers,
+                                              rngs=nnx.Rngs(0)))
   return tok, model
 
 
@@ -85,7 +86,8 @@ class Trainer:
 
   def _init(self, rng):
     c = self.config
-    model = ContextModel(**self.model_args, dtype=common.compute_dtype(c), remat=c.remat, rngs=nnx.Rngs(rng))
+    model = ContextModel(**self.model_args, dtype=common.compute_dtype(c), remat=c.remat,
+                         scan_layers=c.scan_layers, rngs=nnx.Rngs(rng))
     params = nnx.to_pure_dict(nnx.state(model, nnx.Param))
     return dict(step=jnp.zeros((), jnp.int32), params=params, opt=self.tx.init(params), ema=params)
 
