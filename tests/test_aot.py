@@ -54,12 +54,17 @@ def _aot_compile(tmp_path, *args):
 
 
 @pytest.mark.slow
-def test_cpu_mesh_report(tmp_path):
-  (r,) = _aot_compile(tmp_path, "--config", "configs/context.py:tiny", "--devices", "8", "--mesh", "2,2,2",
-                      "--batch", "8", "--config.scan_layers=true")
-  assert r["platform"] == "cpu" and r["mesh"] == {"data": 2, "fsdp": 2, "model": 2} and r["scan_layers"]
-  assert r["peak_bytes_per_device"] > r["argument_bytes"] > 0 and r["flops_per_step_per_device"] > 0
-  assert "fits" not in r  # simulated devices have no memory limit
+def test_cpu_mesh_reports_with_and_without_scanned_layers(tmp_path):
+  args = ("--config", "configs/context.py:tiny", "--devices", "8", "--mesh", "2,2,2", "--batch", "8")
+  (scanned,) = _aot_compile(tmp_path, *args, "--config.scan_layers=true")
+  (unrolled,) = _aot_compile(tmp_path, *args, "--config.scan_layers=false")
+  for r in (scanned, unrolled):
+    assert r["platform"] == "cpu" and r["mesh"] == {"data": 2, "fsdp": 2, "model": 2}
+    assert r["peak_bytes_per_device"] > r["argument_bytes"] > 0
+    assert "fits" not in r  # simulated devices have no memory limit
+  assert scanned["scan_layers"] and not unrolled["scan_layers"]
+  # XLA counts a loop body once; the report counts every layer either way.
+  assert abs(scanned["flops_per_step_per_device"] / unrolled["flops_per_step_per_device"] - 1) < 0.05
 
 
 def test_fit_needs_a_topology(tmp_path):
