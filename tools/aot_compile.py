@@ -103,8 +103,8 @@ def main(argv):
     return report
 
   if FLAGS.fit:
-    best = aot.largest_batch(lambda b: compile_at(b)["fits"], mesh.shape["data"] * mesh.shape["fsdp"],
-                             config.batch_size)
+    best = aot.largest_batch(lambda b: compile_at(b).get("peak_bytes_per_device"),
+                             mesh.shape["data"] * mesh.shape["fsdp"], config.batch_size, hbm)
     print(f"largest global batch of {config.stage} {config.variant} that fits {FLAGS.topology} "
           f"on mesh {dict(mesh.shape)}: {best}")
   else:
