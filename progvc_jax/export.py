@@ -47,7 +47,8 @@ def calibration_clips(batches: int, seed: int = 0) -> np.ndarray:
 
 
 def token_batches(tokenizer, clips: np.ndarray, frames_at_once: int = 8):
-  """(tokens, frame types, previous tokens) of each frame position of the clips, all tiles together."""
+  """(tokens, frame types, previous tokens, tile grid) of each frame position of the clips, all tiles
+  together (clip, then tile in row-major order)."""
   b, t = clips.shape[:2]
   flat = clips.reshape(b * t, *clips.shape[2:])
   graphdef, state = nnx.split(tokenizer)
@@ -56,9 +57,10 @@ def token_batches(tokenizer, clips: np.ndarray, frames_at_once: int = 8):
   parts = [encode(state, jnp.asarray(flat[i:i + frames_at_once])) for i in range(0, len(flat), frames_at_once)]
   tokens = [jnp.concatenate(m).reshape(b, t, *m[0].shape[1:]) for m in zip(*parts)]
   at = lambda i: [m[:, i].reshape(-1, *m.shape[3:]) for m in tokens]
+  grid = tokenizer.tile_grid(*clips.shape[2:4])
   for i in range(t):
     n = at(i)[0].shape[0]
-    yield at(i), np.full((n,), min(i, 1), np.int32), at(i - 1) if i else None
+    yield at(i), np.full((n,), min(i, 1), np.int32), at(i - 1) if i else None, grid
 
 
 def write(out: str, tok_args: dict, tok_params: dict, ctx_args: dict, ctx_params: dict, clips: np.ndarray) -> bytes:

@@ -18,7 +18,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from progvc_jax.models import integer, transformer
-from progvc_jax.models.progressive import teacher_inputs
+from progvc_jax.models.progressive import teacher_inputs, windowed
 from progvc_jax.models.quantizer import area_matrix, bicubic_matrix, phi_index
 
 X_BITS = 20  # the residual stream's largest calibrated value stays below 2^20
@@ -96,18 +96,17 @@ def _probe(model: transformer.ContextModel, x_next, frame_type, prev) -> dict:
 
 
 def calibrate(quantizer, model: transformer.ContextModel, token_batches) -> dict:
-  """Largest magnitudes over batches of (tokens, frame_type, prev_tokens) per tile.
+  """Largest magnitudes over batches of (tokens, frame_type, prev_tokens, grid) per tile.
 
-  token_batches yields (tokens [(N, p_k, p_k)], frame_type (N,), prev tokens or None).
+  token_batches yields (tokens [(N, p_k, p_k)], frame_type (N,), prev tokens or None, the
+  frames' tile grid (rows, cols)).
   """
   probe = jax.jit(_probe)
   stats: dict = {}
-  for tokens, frame_type, prev_tokens in token_batches:
-    x_next, _ = teacher_inputs(quantizer, tokens)
-    if prev_tokens is None:
-      _, prev = teacher_inputs(quantizer, tokens)
-    else:
-      _, prev = teacher_inputs(quantizer, prev_tokens)
+  for tokens, frame_type, prev_tokens, grid in token_batches:
+    x_next, _ = teacher_inputs(quantizer, tokens, grid, model.neighbourhood)
+    _, prev = teacher_inputs(quantizer, tokens if prev_tokens is None else prev_tokens)
+    prev = windowed(prev, model.schedule, grid, model.neighbourhood)
     for name, value in probe(model, x_next, jnp.asarray(frame_type), prev).items():
       stats[name] = max(stats.get(name, 0.0), float(value))
   if not stats:
@@ -172,13 +171,14 @@ def integer_model(tokenizer, model: transformer.ContextModel, stats: dict) -> tu
   base_p = base_i + pos_level + _param(model.embed_prev.bias)
   tables["base"] = _round(np.stack([base_i, base_p]) * 2.0 ** x_frac).astype(np.int32)
   tables["prev_token"] = _round(_param(model.prev_token) * 2.0 ** x_frac).astype(np.int32)
-  tables["embed_in"] = quantize_dense(_param(model.embed_in.kernel), None, e_frac, x_frac)
-  tables["embed_prev"] = quantize_dense(_param(model.embed_prev.kernel), None, e_frac, x_frac)
+  n_in = len(model.embed_in.in_shape)  # 2 with a neighbourhood: (window, C)
+  tables["embed_in"] = quantize_dense(_param(model.embed_in.kernel), None, e_frac, x_frac, n_in)
+  tables["embed_prev"] = quantize_dense(_param(model.embed_prev.kernel), None, e_frac, x_frac, n_in)
   tables["temperature"] = np.stack([
       _round(np.exp(np.minimum(_param(b.attn.log_scale), np.log(100.0))) * np.log2(np.e) * 2 ** integer.Z_FRAC)
       for b in model.blocks]).astype(np.int32)
   # Blocks, with each frame type's modulation folded into its weights.
-  formats = dict(heads=heads, e_frac=e_frac, bicubic_frac=BICUBIC_FRAC, phi_frac=phi_frac, x_frac=x_frac,
+  formats = dict(heads=heads, neighbourhood=model.neighbourhood, e_frac=e_frac, bicubic_frac=BICUBIC_FRAC, phi_frac=phi_frac, x_frac=x_frac,
                  head_ln_frac=_frac_for(stats["head_ln"], 127.0),
                  phi_of_scale=[phi_index(k, len(sched), len(q.phi)) for k in range(len(sched))], blocks=[])
   for i, block in enumerate(model.blocks):

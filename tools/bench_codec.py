@@ -170,7 +170,8 @@ def rate_cost(model: CodecModel, frames: np.ndarray) -> dict:
       t = tokens[k].reshape(-1)
       float_bits += float(-np.log2(p[np.arange(t.size), t].astype(np.float64)).sum())
       return tokens[k]
-    _, prev, _ = steps.run(tokens[0].shape[0], kind, prev if kind == P_FRAME else None, choose)
+    _, prev, _ = steps.run(tokens[0].shape[0], kind, prev if kind == P_FRAME else None, choose,
+                           grid=model.tile_grid(*frame.shape[:2]))
   payload_bits = 8 * enc.writer.payload_bytes
   return {"frames": len(frames), "size": f"{frames.shape[2]}x{frames.shape[1]}", "payload_bits": payload_bits,
           "integer_cross_entropy_bits": enc.stats["bits_cross_entropy"], "float_cross_entropy_bits": float_bits,

@@ -59,7 +59,7 @@ def measure(tok: Tokenizer, steps: progressive.FrameSteps, frames: np.ndarray, g
       bits[k] = -np.log2(np.maximum(p, 1e-30)).sum()
       return flat_tokens[k]
 
-    _, prev, _ = steps.run(n, kind, prev, choose)
+    _, prev, _ = steps.run(n, kind, prev, choose, grid=tok.tile_grid(height, width))
     per_frame.append((kind, bits.sum()))
     per_scale[kind] += bits
     counts[kind] += [n * (offsets[k + 1] - offsets[k]) for k in range(steps.num_scales)]

@@ -70,6 +70,10 @@ def fingerprint(models: dict, arrays: dict[str, np.ndarray], version: int = VERS
   return h.digest()[:8]
 
 
+# Context-model arguments added after bundles were first written, at the value those bundles had.
+CONTEXT_ADDED = dict(neighbourhood=1)
+
+
 def write_bundle(path: str, tokenizer_args: dict, tokenizer_params: dict, context_args: dict,
                  context_params: dict, integer_formats: dict, integer_tables: dict) -> bytes:
   """Writes a bundle atomically (a temporary file renamed into place); returns its fingerprint."""
@@ -157,7 +161,7 @@ def load_bundle(path: str, *, float_only: bool = False) -> Bundle:
     if version != VERSION and version not in FLOAT_VERSIONS:
       raise BundleError(f"{path} is bundle version {version}; this progvc reads version {VERSION}")
     models, recorded = meta["models"], bytes.fromhex(meta["fingerprint"])
-    tok_args, ctx_args = dict(models["tokenizer"]), dict(models["context"])
+    tok_args, ctx_args = dict(models["tokenizer"]), {**CONTEXT_ADDED, **models["context"]}
     formats = models.get("integer") if version == VERSION else None
   except BundleError:
     raise

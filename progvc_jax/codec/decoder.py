@@ -58,12 +58,13 @@ def decode_tokens(model: CodecModel, f, *, complete: str = "none", seed: int = 0
       return tokens.reshape(n, -1)
 
     if complete == "none" or sent == model.num_scales:
-      fhat, prev, tokens = model.steps.run(n, frame.kind, prev, receive, scales=sent, tile_batch=tile_batch)
+      fhat, prev, tokens = model.steps.run(n, frame.kind, prev, receive, scales=sent, tile_batch=tile_batch,
+                                           grid=(rows, cols))
     else:
       fill = model.steps.completer([], complete, jax.random.fold_in(key, i), temperature, top_k, top_p)
       fhat, prev, tokens = model.steps.run(
           n, frame.kind, prev, lambda k, p, receive=receive, fill=fill: receive(k, p) if k < sent else fill(k, p),
-          tile_batch=tile_batch)
+          tile_batch=tile_batch, grid=(rows, cols))
     yield header, [np.asarray(t) for t in tokens], fhat
 
 

@@ -50,6 +50,7 @@ def code_frame(model: CodecModel, frame: np.ndarray, kind: int, prev, scales: in
   """
   tokens = model.tokens(frame, scales)
   n = tokens[0].shape[0]
+  grid = model.tile_grid(*frame.shape[:2])
   chunks, bits = [], []
 
   def choose(k, weights):
@@ -59,7 +60,7 @@ def code_frame(model: CodecModel, frame: np.ndarray, kind: int, prev, scales: in
     bits.append(entropy.cross_entropy_bits(sym, weights))
     return tokens[k]
 
-  _, ctx, _ = model.steps.run(n, kind, prev, choose, scales=scales)
+  _, ctx, _ = model.steps.run(n, kind, prev, choose, scales=scales, grid=grid)
   return bitstream.Frame(kind, chunks), ctx, bits
 
 

@@ -40,7 +40,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.tokenizer = ""  # required: tokenizer workdir or parameter checkpoint (frozen)
 
   # "additive" or "cross": how the previous frame's scales <= k enter scale k.
-  c.model = dict(MODELS[arg.variant], context="additive")
+  # neighbourhood: the side of the window of the frame's map a tile's inputs see (spatial context
+  # across tiles; 1: each tile alone).
+  c.model = dict(MODELS[arg.variant], context="additive", neighbourhood=1)
 
   common.add_mesh(c)
   # Run the Transformer's blocks as one lax.scan in the training step: compile time flat in depth,

@@ -235,16 +235,18 @@ class IntegerContext:
 
     x_k: (N, p_k^2, C) int32, the integer fhat of scales < k area-downsampled to
     scale k's grid (None for k = 0); prev_k: the previous frame's dict(fhat, tokens)
-    at scale k (P-frames only).
+    at scale k (P-frames only). With a neighbourhood s > 1 (formats["neighbourhood"])
+    both fhat inputs come as windows (N, p_k^2, s^2, C).
     """
     lo, hi = self.offsets[k], self.offsets[k + 1]
     ft = FRAME_TYPES[frame_type]
     n = cache[0]["k"].shape[0]
     x = jnp.broadcast_to(self.t["base"][frame_type, lo:hi], (n, hi - lo, self.width))
+    n_in = self.t["embed_in"]["kernel"].ndim - 1  # 2 with a neighbourhood: (window, C) -> width
     if x_k is not None:
-      x = x + dense(x_k, self.t["embed_in"])
+      x = x + dense(x_k, self.t["embed_in"], n_in)
     if prev_k is not None:
-      x = x + dense(prev_k["fhat"], self.t["embed_prev"]) + self.t["prev_token"][prev_k["tokens"]]
+      x = x + dense(prev_k["fhat"], self.t["embed_prev"], n_in) + self.t["prev_token"][prev_k["tokens"]]
     new_cache = []
     for i, (fb, c) in enumerate(zip(self.f["blocks"], cache)):
       b = dict(self.t["blocks"][i][ft], index=i)

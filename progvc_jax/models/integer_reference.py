@@ -116,6 +116,38 @@ def flat(x):
   return x.reshape(x.shape[0], -1, *x.shape[3:])
 
 
+def neighbourhoods(x, grid, size, xp=np):
+  """Each position's size x size window of its frame's map at one scale: the spatial context.
+
+  x (N, p*p, C): one scale's values per tile, N = frames * rows * cols tiles in
+  (frame, row, col) order, grid = (rows, cols). The tiles' p x p grids join
+  into the frame's (rows p) x (cols p) map, and position (i, j) of that map gets
+  the values at (i + a, j + b) for a, b in -(size // 2) .. size // 2 (row-major),
+  zero beyond the frame. Returns (N, p*p, size^2, C). Gathers only, so the same
+  code serves the float and the integer paths (xp: numpy or jax.numpy).
+  """
+  rows, cols = grid
+  n, m, c = x.shape
+  p = math.isqrt(m)
+  frames, r = n // (rows * cols), size // 2
+  img = x.reshape(frames, rows, cols, p, p, c).transpose(0, 1, 3, 2, 4, 5).reshape(frames, rows * p, cols * p, c)
+  img = xp.pad(img, ((0, 0), (r, r), (r, r), (0, 0)))
+  win = xp.stack([img[:, a:a + rows * p, b:b + cols * p] for a in range(size) for b in range(size)], axis=3)
+  win = win.reshape(frames, rows, p, cols, p, size * size, c).transpose(0, 1, 3, 2, 4, 5, 6)
+  return win.reshape(n, m, size * size, c)
+
+
+def spread(x, schedule, grid, size, xp=np):
+  """`neighbourhoods` of every scale of sequences x (N, sum p_k^2, C) of the given scales."""
+  if size == 1:
+    return x
+  out, lo = [], 0
+  for p in schedule:
+    out.append(neighbourhoods(x[:, lo:lo + p * p], grid, size, xp))
+    lo += p * p
+  return xp.concatenate(out, 1)
+
+
 def attention(h, b, fb, temperature, table, levels, heads):
   """Masked integer self-attention over the whole sequence (N, L, W)."""
   n, length, _ = h.shape
@@ -138,24 +170,29 @@ def gelu(u, table, shift):
   return np.where(u >= half, clip8(requant(u, shift)), np.asarray(table, np.int64)[np.clip(u, -half, half - 1) + half])
 
 
-def frame_weights(tables, formats, tokens, frame_type, prev_tokens=None):
+def frame_weights(tables, formats, tokens, frame_type, prev_tokens=None, grid=None):
   """Integer weights (N, L, V) of a frame's tiles.
 
   tables, formats: the bundle's integer model; tokens: the frame's K token
   maps [(N, p_k, p_k)]; frame_type: 0 (I) or 1 (P); prev_tokens: the
-  previous frame's K token maps (P-frames).
+  previous frame's K token maps (P-frames); grid: the frame's tiles (rows,
+  cols), needed where formats["neighbourhood"] > 1 (default: one column).
   """
   sched, heads, phi_of_scale = tuple(t.shape[1] for t in tokens), formats["heads"], formats["phi_of_scale"]
+  size = formats.get("neighbourhood", 1)
+  grid = (len(tokens[0]), 1) if grid is None else grid
+  n_in = 1 if size == 1 else 2
   levels = np.concatenate([np.full(p * p, k) for k, p in enumerate(sched)])
   fhats = fhat_prefixes(tables, formats, sched, phi_of_scale, tokens)
   x = np.asarray(tables["base"][frame_type], np.int64)[None].repeat(len(tokens[0]), 0)
   x_next = np.concatenate([flat(area(fhats[k - 1], sched[k])) for k in range(1, len(sched))], 1)
-  x[:, 1:] += dense(x_next, tables["embed_in"])
+  x[:, 1:] += dense(spread(x_next, sched[1:], grid, size), tables["embed_in"], n_in)
   if frame_type == 1:
     prev = fhat_prefixes(tables, formats, sched, phi_of_scale, prev_tokens)
     prev_fhat = np.concatenate([flat(area(prev[k], p)) for k, p in enumerate(sched)], 1)
     prev_idx = np.concatenate([flat(t) for t in prev_tokens], 1)
-    x += dense(prev_fhat, tables["embed_prev"]) + np.asarray(tables["prev_token"], np.int64)[prev_idx]
+    x += (dense(spread(prev_fhat, sched, grid, size), tables["embed_prev"], n_in)
+          + np.asarray(tables["prev_token"], np.int64)[prev_idx])
   ft = "IP"[frame_type]
   temperature = np.asarray(tables["temperature"], np.int64)
   for i, fb in enumerate(formats["blocks"]):

@@ -22,7 +22,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from progvc_jax.models import integer
+from progvc_jax.models import integer, integer_reference
 from progvc_jax.models.quantizer import MultiScaleQuantizer, resize
 from progvc_jax.models.transformer import I_FRAME, P_FRAME, ContextModel
 
@@ -34,19 +34,38 @@ def flat(x: jax.Array) -> jax.Array:
   return x.reshape(x.shape[0], x.shape[1] * x.shape[2], *x.shape[3:])
 
 
-def teacher_inputs(quantizer: MultiScaleQuantizer, tokens: Sequence[jax.Array]):
+def neighbourhoods(x: jax.Array, grid: tuple[int, int], size: int) -> jax.Array:
+  """(N, p*p, C) -> (N, p*p, size^2, C): each position's window of its frame's map (the spatial
+  context; integer_reference.neighbourhoods defines it). size 1: x unchanged."""
+  return x if size == 1 else integer_reference.neighbourhoods(x, grid, size, jnp)
+
+
+def teacher_inputs(quantizer: MultiScaleQuantizer, tokens: Sequence[jax.Array],
+                   grid: tuple[int, int] | None = None, size: int = 1):
   """The context model's inputs for all scales of tiles with the given token maps.
 
   tokens: K maps (N, p_k, p_k). Returns x_next (N, L - 1, C), the model's input
   for scales 2..K, and this frame's context for the next frame,
   dict(fhat=(N, L, C), tokens=(N, L)): fhat_k downsampled to scale k's grid.
+  With a neighbourhood size > 1 (the frames' tiles laid out as grid = (rows,
+  cols)) x_next comes in windows, (N, L - 1, size^2, C); the context stays as it
+  is, and `windowed` makes the model's input of it.
   """
   fhats = quantizer.fhat_prefixes(tokens)
   sched = quantizer.schedule
   x_next = [flat(resize(fhats[k - 1], sched[k], "area")) for k in range(1, len(sched))]
   ctx = [flat(resize(fhats[k], sched[k], "area")) for k in range(len(sched))]
+  x_next = [neighbourhoods(x, grid, size) for x in x_next]
   return (jnp.concatenate(x_next, axis=1),
           dict(fhat=jnp.concatenate(ctx, axis=1), tokens=jnp.concatenate([flat(t) for t in tokens], 1)))
+
+
+def windowed(ctx: dict, schedule: Sequence[int], grid: tuple[int, int], size: int) -> dict:
+  """A frame's context (as `teacher_inputs` returns it) as the model's input on the next frame:
+  its fhat in windows of every scale's map, (N, L, size^2, C), for a neighbourhood size > 1."""
+  if size == 1:
+    return ctx
+  return dict(ctx, fhat=integer_reference.spread(ctx["fhat"], schedule, grid, size, jnp))
 
 
 def context_at(ctx: dict, model: ContextModel, k: int) -> dict:
@@ -95,14 +114,17 @@ class FrameSteps:
     self.m_def, self.m_params = nnx.split(model)
     self.schedule = model.schedule
     self.offsets = model.offsets
+    self.neighbourhood = model.neighbourhood
     self.tile, self.dim = quantizer.tile, quantizer.codebook.shape[1]
     self._init = jax.jit(self._init_fn, static_argnums=1)
+    self._next = jax.jit(self._next_fn, static_argnums=0)
     # The state is donated: each call updates the KV cache in place instead of
     # copying it (about a fifth of a frame's context-model time at 640x360).
     # So a state passed to predict or absorb must not be used again.
     self._predict = jax.jit(self._predict_fn, static_argnums=0, donate_argnums=2)
     self._absorb = jax.jit(self._absorb_fn, static_argnums=0, donate_argnums=2)
     self._select = jax.jit(select_tokens, static_argnums=(1, 3, 4, 5))
+    self._spread = jax.jit(neighbourhoods, static_argnums=(1, 2))
 
   @property
   def num_scales(self) -> int:
@@ -112,9 +134,11 @@ class FrameSteps:
     model = nnx.merge(self.m_def, m_params)
     return dict(cache=model.init_cache(n), fhat=jnp.zeros((n, self.tile, self.tile, self.dim), jnp.float32))
 
-  def _predict_fn(self, k, m_params, state, frame_type, prev_k):
+  def _next_fn(self, k, state):
+    return flat(resize(state["fhat"], self.schedule[k], "area"))
+
+  def _predict_fn(self, k, m_params, state, frame_type, x_k, prev_k):
     model = nnx.merge(self.m_def, m_params)
-    x_k = None if k == 0 else flat(resize(state["fhat"], self.schedule[k], "area"))
     logits, cache = model.step(state["cache"], k, x_k, frame_type, prev_k)
     return jax.nn.softmax(logits, -1), dict(state, cache=cache)
 
@@ -128,12 +152,17 @@ class FrameSteps:
   def init(self, n: int) -> dict:
     return self._init(self.m_params, n)
 
-  def predict(self, k: int, state: dict, frame_type: int, prev_k: dict | None):
+  def next_input(self, k: int, state: dict) -> jax.Array:
+    """Scale k's input of the state's tiles (k >= 1): fhat of scales < k on scale k's grid (N, p_k^2, C)."""
+    return self._next(k, state)
+
+  def predict(self, k: int, state: dict, frame_type: int, prev_k: dict | None, x_k: jax.Array | None):
     """Probabilities (N, p_k^2, V) float32 of scale k's tokens, and the state with scale k cached
-    (`state` itself is consumed)."""
+    (`state` itself is consumed). x_k: scale k's input (`next_input`, in windows where the
+    model has a neighbourhood); None for k = 0."""
     n = state["fhat"].shape[0]
     ft = jnp.full((n,), frame_type, jnp.int32)
-    return self._predict(k, self.m_params, state, ft, prev_k if frame_type == P_FRAME else None)
+    return self._predict(k, self.m_params, state, ft, x_k, prev_k if frame_type == P_FRAME else None)
 
   def absorb(self, k: int, state: dict, tokens_k: jax.Array):
     """Adds scale k's tokens (N, p_k^2) to fhat; returns the state and this frame's context at k
@@ -149,18 +178,22 @@ class FrameSteps:
 
   def run(self, n: int, frame_type: int, prev: list[dict] | None,
           choose: Callable[[int, jax.Array], jax.Array], scales: int | None = None,
-          tile_batch: int | None = None):
+          tile_batch: int | None = None, grid: tuple[int, int] | None = None):
     """Codes the first `scales` scales (all by default) of one frame.
 
     choose(k, probs) returns scale k's tokens (N, p_k^2) given their
     probabilities. prev: the previous frame's context per scale (as returned
     here), needed for P-frames at every scale coded. tile_batch: run the
-    model on at most this many tiles at a time (tiles are independent
-    sequences, so the probabilities are the same; the integer path's are
-    identical to the bit).
+    model on at most this many tiles at a time (given its inputs, a tile's
+    sequence is independent of the others, so the probabilities are the same;
+    the integer path's are identical to the bit). grid: the frame's tiles
+    (rows, cols), which a model with a neighbourhood needs (default: one column).
     Returns (fhat (N, n, n, C), context per scale, tokens per scale).
     """
     scales = self.num_scales if scales is None else scales
+    grid = (n, 1) if grid is None else tuple(grid)
+    if grid[0] * grid[1] != n:
+      raise ValueError(f"a grid of {grid[0]} x {grid[1]} tiles does not hold {n} tiles")
     if frame_type not in (I_FRAME, P_FRAME):
       raise ValueError(f"frame type must be I_FRAME or P_FRAME, got {frame_type!r}")
     if not 1 <= scales <= self.num_scales:
@@ -174,11 +207,18 @@ class FrameSteps:
     spans = [slice(a, min(a + step, n)) for a in range(0, n, step)]
     states = [self.init(s.stop - s.start) for s in spans]
     ctx, tokens = [], []
+    size = self.neighbourhood
     for k in range(scales):
+      x_k = prev_k = None
+      if k > 0:  # the frame's input at scale k, in windows of the whole frame's map
+        parts = [self.next_input(k, st) for st in states]
+        x_k = self._spread(parts[0] if len(spans) == 1 else jnp.concatenate(parts), grid, size)
+      if frame_type == P_FRAME:
+        prev_k = dict(prev[k], fhat=self._spread(prev[k]["fhat"], grid, size))
       probs = []
       for i, s in enumerate(spans):
-        prev_k = jax.tree.map(lambda a, s=s: a[s], prev[k]) if frame_type == P_FRAME else None
-        p, states[i] = self.predict(k, states[i], frame_type, prev_k)
+        part = lambda a, s=s: None if a is None else a[s]
+        p, states[i] = self.predict(k, states[i], frame_type, jax.tree.map(part, prev_k), part(x_k))
         probs.append(p)
       chosen = jnp.asarray(choose(k, probs[0] if len(spans) == 1 else jnp.concatenate(probs)))
       parts = []
@@ -223,11 +263,14 @@ class IntegerFrameSteps(FrameSteps):
     self.formats = formats
     self.schedule = tuple(quantizer.schedule)
     self.offsets = tuple(int(x) for x in np.cumsum([0] + [p * p for p in self.schedule]))
+    self.neighbourhood = formats.get("neighbourhood", 1)
     self.tile, self.dim = quantizer.tile, quantizer.codebook.shape[1]
     self._init = jax.jit(self._init_fn, static_argnums=1)
+    self._next = jax.jit(self._next_fn, static_argnums=0)
     self._predict = jax.jit(self._predict_fn, static_argnums=(0, 1), donate_argnums=3)
     self._absorb = jax.jit(self._absorb_fn, static_argnums=0, donate_argnums=3)
     self._select = jax.jit(select_tokens, static_argnums=(1, 3, 4, 5))
+    self._spread = jax.jit(neighbourhoods, static_argnums=(1, 2))
 
   def _context(self, tables):
     return integer.IntegerContext(tables, self.formats, self.schedule)
@@ -240,8 +283,13 @@ class IntegerFrameSteps(FrameSteps):
     return dict(cache=self._context(tables).init_cache(n), fhat=jnp.zeros(shape, jnp.float32),
                 fhat_int=jnp.zeros(shape, jnp.int32))
 
-  def _predict_fn(self, k, frame_type, tables, state, prev_k):
-    x_k = None if k == 0 else flat(self._fhat(tables).area(state["fhat_int"], self.schedule[k]))
+  def _next_fn(self, k, tables, state):
+    return flat(self._fhat(tables).area(state["fhat_int"], self.schedule[k]))
+
+  def next_input(self, k: int, state: dict) -> jax.Array:
+    return self._next(k, self.tables, state)
+
+  def _predict_fn(self, k, frame_type, tables, state, x_k, prev_k):
     weights, cache = self._context(tables).step(state["cache"], k, x_k, frame_type, prev_k)
     return weights.astype(jnp.float32), dict(state, cache=cache)
 
@@ -257,10 +305,10 @@ class IntegerFrameSteps(FrameSteps):
   def init(self, n: int) -> dict:
     return self._init(self.tables, n)
 
-  def predict(self, k: int, state: dict, frame_type: int, prev_k: dict | None):
+  def predict(self, k: int, state: dict, frame_type: int, prev_k: dict | None, x_k: jax.Array | None):
     """Integer weights (N, p_k^2, V) of scale k's tokens as float32, and the state with scale k
     cached (`state` itself is consumed)."""
-    return self._predict(k, frame_type, self.tables, state, prev_k if frame_type == P_FRAME else None)
+    return self._predict(k, frame_type, self.tables, state, x_k, prev_k if frame_type == P_FRAME else None)
 
   def absorb(self, k: int, state: dict, tokens_k: jax.Array):
     return self._absorb(k, self.q_params, self.tables, state, jnp.asarray(tokens_k, jnp.int32))

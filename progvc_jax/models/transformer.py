@@ -21,7 +21,14 @@ previous frame only through its scales <= k, namely
   * the previous frame's tokens of scale k (a direct "same token as before"
     signal that makes static content nearly free to code).
 So when a stream is cut to K' scales for every frame, everything scale k <=
-K' needs was received. `context` chooses how it enters:
+K' needs was received.
+
+Spatial context (`neighbourhood` s > 1): a tile's inputs at scale k, fhat of
+scales < k and the previous frame's fhat of scales <= k, come as the s x s
+window around each position of the whole frame's map at scale k's grid
+(integer_reference.neighbourhoods), so tiles see their neighbours' coarser
+scales and the previous frame around them (motion), all of which the decoder
+has before scale k. `context` chooses how it enters:
   additive: both are embedded and added to the input of scale k;
   cross:    every block cross-attends to the previous frame's positions of
             scales <= k (plus a learned null slot, all an I-frame sees).
@@ -171,6 +178,8 @@ class ContextModel(nnx.Module):
     schedule: the tokenizer's scale grid sizes (p_1, ..., p_K).
     width, depth, heads, mlp_ratio: Transformer size.
     context: "additive" or "cross" (see the module docstring).
+    neighbourhood: s, the side of the window of the frame's map each input position sees (odd;
+      1: the tile alone). Inputs then carry an s^2 axis: x_next (N, L - 1, s^2, C).
     dtype: compute dtype (parameters stay float32; logits are float32).
     remat: what the teacher-forced pass keeps for the backward pass (layers.REMAT_POLICIES).
     scan_layers: run the teacher-forced pass's blocks under one lax.scan.
@@ -178,11 +187,14 @@ class ContextModel(nnx.Module):
 
   def __init__(self, *, vocab_size: int, latent_dim: int, schedule: Sequence[int], width: int = 256,
                depth: int = 4, heads: int = 4, mlp_ratio: float = 4.0, context: str = "additive",
-               dtype=jnp.float32, remat: str = "none", scan_layers: bool = False,
+               neighbourhood: int = 1, dtype=jnp.float32, remat: str = "none", scan_layers: bool = False,
                rngs: nnx.Rngs):
     if context not in CONTEXTS:
       raise ValueError(f"context must be one of {CONTEXTS}, got {context!r}")
+    if neighbourhood < 1 or neighbourhood % 2 == 0:
+      raise ValueError(f"neighbourhood must be an odd number >= 1, got {neighbourhood}")
     self.schedule = tuple(int(p) for p in schedule)
+    self.neighbourhood = int(neighbourhood)
     self.vocab_size, self.width, self.context, self.dtype = vocab_size, width, context, dtype
     self.remat = layers.check_remat(remat)
     self.scan_layers = bool(scan_layers)
@@ -192,11 +204,13 @@ class ContextModel(nnx.Module):
     L, K = self.offsets[-1], len(self.schedule)
     std = (width * 3) ** -0.5
     self.start = layers.param(rngs, _normal(std), (width,), ("embed",))
-    self.embed_in = Dense((latent_dim,), (width,), (None, "embed"), dtype=dtype, rngs=rngs)
+    inputs = (latent_dim,) if neighbourhood == 1 else (neighbourhood ** 2, latent_dim)
+    in_axes = (None,) * len(inputs) + ("embed",)
+    self.embed_in = Dense(inputs, (width,), in_axes, dtype=dtype, rngs=rngs)
     self.pos = layers.param(rngs, _normal(0.02), (L, width), (None, "embed"))
     self.level = layers.param(rngs, _normal(0.02), (K, width), (None, "embed"))
     self.frame_type = layers.param(rngs, _normal(std), (2, width), (None, "embed"))
-    self.embed_prev = Dense((latent_dim,), (width,), (None, "embed"), dtype=dtype, rngs=rngs)
+    self.embed_prev = Dense(inputs, (width,), in_axes, dtype=dtype, rngs=rngs)
     self.prev_token = layers.param(rngs, _normal(std), (vocab_size, width), ("vocab", "embed"))
     self.null_slot = layers.param(rngs, _normal(std), (width,), ("embed",)) if context == "cross" else None
     mlp = int(width * mlp_ratio)
@@ -246,10 +260,10 @@ class ContextModel(nnx.Module):
     """Logits (N, L, V) of all scales at once.
 
     x_next: (N, L - 1, C), fhat_(k-1) downsampled to scale k's grid for k >= 2
-      (MultiScaleQuantizer.next_scale_inputs);
+      (progressive.teacher_inputs); (N, L - 1, s^2, C) with a neighbourhood s > 1;
     frame_type: (N,) int, I_FRAME or P_FRAME;
-    prev: the previous frame's context, dict(fhat=(N, L, C), tokens=(N, L))
-      (`previous_context`); ignored for I-frames, required for P-frames.
+    prev: the previous frame's context, dict(fhat=(N, L, C) or (N, L, s^2, C), tokens=(N, L))
+      (progressive.teacher_inputs); ignored for I-frames, required for P-frames.
     """
     n, L = x_next.shape[0], self.length
     x = self._inputs(x_next, n, 0, L)
@@ -314,7 +328,8 @@ class ContextModel(nnx.Module):
 
     x_k: (N, p_k^2, C), fhat_(k-1) downsampled to scale k's grid (None for k = 0);
     prev_k: the previous frame's context at scale k only, dict(fhat=(N, p_k^2, C),
-      tokens=(N, p_k^2)); None for I-frames.
+      tokens=(N, p_k^2)); None for I-frames. With a neighbourhood s > 1 both fhat
+      inputs carry an s^2 axis before C.
     """
     lo, hi = self.offsets[k], self.offsets[k + 1]
     n = frame_type.shape[0]

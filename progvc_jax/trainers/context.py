@@ -62,6 +62,7 @@ class Trainer:
     self.model_def, model_state = nnx.split(model)
     self.model_args = model_args(config, tok)
     self.pixel_tile = tok.pixel_tile
+    self.neighbourhood = model.neighbourhood
     self.length, self.offsets = model.length, model.offsets
     self.tx = common.make_optimizer(config.optimizer, config.total_steps)
 
@@ -102,7 +103,9 @@ class Trainer:
     tok = nnx.merge(self.tok_def, tok_params)
     tokens = tok.encode(common.to_unit_range(frames.reshape(b * t, *frames.shape[2:])))
     tiles = tokens[0].shape[1]
-    x_next, ctx = progressive.teacher_inputs(tok.quantizer, [m.reshape(-1, *m.shape[2:]) for m in tokens])
+    grid = tok.tile_grid(*frames.shape[2:4])
+    x_next, ctx = progressive.teacher_inputs(tok.quantizer, [m.reshape(-1, *m.shape[2:]) for m in tokens],
+                                             grid, self.neighbourhood)
     x_next, ctx = jax.lax.stop_gradient((x_next, ctx))
 
     # Frame t's context is frame t-1's; the first frame of a clip is an I-frame.
@@ -110,7 +113,7 @@ class Trainer:
       a = a.reshape(b, t, tiles, *a.shape[1:])
       a = jnp.concatenate([jnp.zeros_like(a[:, :1]), a[:, :-1]], axis=1)
       return a.reshape(b * t * tiles, *a.shape[3:])
-    prev = jax.tree.map(shift, ctx)
+    prev = progressive.windowed(jax.tree.map(shift, ctx), tok.schedule, grid, self.neighbourhood)
     frame_type = jnp.broadcast_to((jnp.arange(t) > 0)[None, :, None], (b, t, tiles)).reshape(-1)
     return x_next, frame_type.astype(jnp.int32), prev, ctx["tokens"]
 
