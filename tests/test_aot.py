@@ -46,7 +46,7 @@ def test_unknown_or_odd_tpu_types_are_refused(name, message):
 
 
 def _aot_compile(tmp_path, *args):
-  out = tmp_path / "reports.jsonl"
+  out = tmp_path / f"reports{len(list(tmp_path.glob('reports*')))}.jsonl"  # one file per call
   run = subprocess.run([sys.executable, os.path.join(ROOT, "tools", "aot_compile.py"), *args,
                         "--json_out", str(out)], capture_output=True, text=True, cwd=tmp_path, timeout=1800)
   assert run.returncode == 0, run.stderr[-3000:]
