@@ -19,9 +19,9 @@ def quantizer():
   return MultiScaleQuantizer(vocab_size=V, dim=C, tile=4, rngs=nnx.Rngs(0))  # scales (1, 2, 3, 4)
 
 
-def make_model(quantizer, context, seed=1):
+def make_model(quantizer, context, seed=1, neighbourhood=1):
   m = ContextModel(vocab_size=V, latent_dim=C, schedule=quantizer.schedule, width=32, depth=2, heads=2,
-                   context=context, rngs=nnx.Rngs(seed))
+                   context=context, neighbourhood=neighbourhood, rngs=nnx.Rngs(seed))
   # adaLN-Zero starts every block as the identity; perturb all weights so each path matters.
   state = nnx.state(m, nnx.Param)
   leaves, tree = jax.tree.flatten(state)
@@ -35,9 +35,11 @@ def random_tokens(quantizer, seed, n=N):
   return [jnp.asarray(rng.integers(0, V, (n, p, p)), jnp.int32) for p in quantizer.schedule]
 
 
-def logits_of(model, quantizer, tokens, prev_tokens, frame_type):
-  x_next, _ = pg.teacher_inputs(quantizer, tokens)
+def logits_of(model, quantizer, tokens, prev_tokens, frame_type, grid=None):
+  """Teacher-forced logits of tiles laid out as grid (rows, cols; used with a neighbourhood)."""
+  x_next, _ = pg.teacher_inputs(quantizer, tokens, grid, model.neighbourhood)
   _, prev = pg.teacher_inputs(quantizer, prev_tokens)
+  prev = pg.windowed(prev, model.schedule, grid, model.neighbourhood)
   return np.asarray(model(x_next, jnp.full((tokens[0].shape[0],), frame_type), prev))
 
 
@@ -72,18 +74,21 @@ def test_block_causal_mask_and_truncation_safe_context(quantizer, context):
   assert np.abs(i_base - base).max() > 1e-3  # and are conditioned differently
 
 
-@pytest.mark.parametrize("context", ["additive", "cross"])
-def test_kv_cached_steps_agree_with_teacher_forcing(quantizer, context):
-  model = make_model(quantizer, context)
+@pytest.mark.parametrize("context,neighbourhood,tile_batch,grid", [
+    ("additive", 1, None, None), ("cross", 1, None, None), ("additive", 3, 4, (2, 3))])
+def test_kv_cached_steps_agree_with_teacher_forcing(quantizer, context, neighbourhood, tile_batch, grid):
+  model = make_model(quantizer, context, neighbourhood=neighbourhood)
   steps = pg.FrameSteps(quantizer, model)
-  cur, prev_tokens = random_tokens(quantizer, 3), random_tokens(quantizer, 4)
+  n = N if grid is None else grid[0] * grid[1]
+  cur, prev_tokens = random_tokens(quantizer, 3, n), random_tokens(quantizer, 4, n)
   _, prev_ctx = pg.teacher_inputs(quantizer, prev_tokens)
   prev = [pg.context_at(prev_ctx, model, k) for k in range(model.num_scales)]
-  given = [t.reshape(N, -1) for t in cur]
+  given = [t.reshape(n, -1) for t in cur]
   for frame_type in (I_FRAME, P_FRAME):
     probs = []
-    fhat, ctx, tokens = steps.run(N, frame_type, prev, lambda k, p: probs.append(p) or given[k])
-    full = jax.nn.softmax(logits_of(model, quantizer, cur, prev_tokens, frame_type), -1)
+    fhat, ctx, tokens = steps.run(n, frame_type, prev, lambda k, p: probs.append(p) or given[k],
+                                  tile_batch=tile_batch, grid=grid)
+    full = jax.nn.softmax(logits_of(model, quantizer, cur, prev_tokens, frame_type, grid), -1)
     np.testing.assert_allclose(np.concatenate(probs, 1), full, atol=1e-5, rtol=0)
     np.testing.assert_allclose(fhat, quantizer.decode(cur), atol=1e-5)
     _, own = pg.teacher_inputs(quantizer, cur)
