@@ -71,13 +71,15 @@ def fingerprint(models: dict, arrays: dict[str, np.ndarray], version: int = VERS
 
 
 # Context-model arguments added after bundles were first written, at the value those bundles had.
+# Written into every new bundle and filled in when an older one is read, so that exporting and
+# re-exporting the same weights give the same bundle.
 CONTEXT_ADDED = dict(neighbourhood=1)
 
 
 def write_bundle(path: str, tokenizer_args: dict, tokenizer_params: dict, context_args: dict,
                  context_params: dict, integer_formats: dict, integer_tables: dict) -> bytes:
   """Writes a bundle atomically (a temporary file renamed into place); returns its fingerprint."""
-  models = json.loads(json.dumps({"tokenizer": tokenizer_args, "context": context_args,
+  models = json.loads(json.dumps({"tokenizer": tokenizer_args, "context": {**CONTEXT_ADDED, **context_args},
                                   "integer": integer_formats}))
   arrays = {name: np.ascontiguousarray(np.asarray(value, np.float32)) for name, value in
             {**_flatten(tokenizer_params, "tokenizer"), **_flatten(context_params, "context")}.items()}
