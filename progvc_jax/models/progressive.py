@@ -212,9 +212,10 @@ class FrameSteps:
       x_k = prev_k = None
       if k > 0:  # the frame's input at scale k, in windows of the whole frame's map
         parts = [self.next_input(k, st) for st in states]
-        x_k = self._spread(parts[0] if len(spans) == 1 else jnp.concatenate(parts), grid, size)
+        x_k = parts[0] if len(spans) == 1 else jnp.concatenate(parts)
+        x_k = x_k if size == 1 else self._spread(x_k, grid, size)
       if frame_type == P_FRAME:
-        prev_k = dict(prev[k], fhat=self._spread(prev[k]["fhat"], grid, size))
+        prev_k = prev[k] if size == 1 else dict(prev[k], fhat=self._spread(prev[k]["fhat"], grid, size))
       probs = []
       for i, s in enumerate(spans):
         part = lambda a, s=s: None if a is None else a[s]
