@@ -121,8 +121,21 @@ def _jsonable(tree):
   return tree
 
 
+def _from_bundle(path: str, kind: str) -> tuple[dict, dict]:
+  """(arguments, float params) of one of a codec bundle's two models ("tokenizer" or "context")."""
+  from progvc_jax.codec import bundle as bundle_lib  # the codec's reader, only where a bundle is named
+  b = bundle_lib.load_bundle(path, float_only=True)
+  if kind not in ("tokenizer", "context"):
+    raise ValueError(f"a codec bundle holds a tokenizer and a context model, not a {kind!r}")
+  args, params = (b.tokenizer_args, b.tokenizer_params) if kind == "tokenizer" else (b.context_args, b.context_params)
+  return dict(args), _int_keys(params)
+
+
 def load_model_args(directory: str, kind: str) -> dict:
-  """The model constructor arguments a parameter checkpoint or training workdir records."""
+  """The model constructor arguments a parameter checkpoint, training workdir or codec bundle
+  (a .pgvcm file: its float weights) records."""
+  if os.path.isfile(directory):
+    return _from_bundle(directory, kind)[0]
   meta_path = os.path.join(directory, "progvc.json")
   try:
     with open(meta_path) as f:
@@ -139,9 +152,11 @@ def load_model_args(directory: str, kind: str) -> dict:
 def load_params(directory: str, kind: str) -> tuple[dict, dict]:
   """Returns (model constructor arguments, params as a nested dict of numpy arrays).
 
-  `directory` is a parameter checkpoint or a training workdir (then the EMA
-  weights of its latest checkpoint).
+  `directory` is a parameter checkpoint, a training workdir (then the EMA
+  weights of its latest checkpoint) or a codec bundle file.
   """
+  if os.path.isfile(directory):
+    return _from_bundle(directory, kind)
   model_args = load_model_args(directory, kind)
   directory = os.path.abspath(directory)
   if os.path.isdir(os.path.join(directory, "params")):

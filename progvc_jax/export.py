@@ -25,7 +25,7 @@ from flax import nnx
 from progvc_jax import checkpointing, quantize
 from progvc_jax.codec import bundle as bundle_lib
 
-flags.DEFINE_string("tokenizer", None, "Tokenizer workdir or parameter checkpoint.")
+flags.DEFINE_string("tokenizer", None, "Tokenizer workdir, parameter checkpoint or codec bundle (its tokenizer).")
 flags.DEFINE_string("context", None, "Context-model workdir or parameter checkpoint.")
 flags.DEFINE_string("bundle", None, "Take both float models from this bundle instead (any bundle version).")
 flags.DEFINE_string("out", None, "Bundle file to write.")

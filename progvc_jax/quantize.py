@@ -178,7 +178,7 @@ def integer_model(tokenizer, model: transformer.ContextModel, stats: dict) -> tu
       _round(np.exp(np.minimum(_param(b.attn.log_scale), np.log(100.0))) * np.log2(np.e) * 2 ** integer.Z_FRAC)
       for b in model.blocks]).astype(np.int32)
   # Blocks, with each frame type's modulation folded into its weights.
-  formats = dict(heads=heads, neighbourhood=model.neighbourhood, e_frac=e_frac, bicubic_frac=BICUBIC_FRAC, phi_frac=phi_frac, x_frac=x_frac,
+  formats = dict(heads=heads, neighbourhood=model.neighbourhood, copy_prev=model.copy_gate is not None, e_frac=e_frac, bicubic_frac=BICUBIC_FRAC, phi_frac=phi_frac, x_frac=x_frac,
                  head_ln_frac=_frac_for(stats["head_ln"], 127.0),
                  phi_of_scale=[phi_index(k, len(sched), len(q.phi)) for k in range(len(sched))], blocks=[])
   for i, block in enumerate(model.blocks):
@@ -214,7 +214,11 @@ def integer_model(tokenizer, model: transformer.ContextModel, stats: dict) -> tu
           fc1=quantize_dense(w1, b1, fb["ln2_frac"], fb["g_frac"]),
           fc2=quantize_dense(_param(block.fc2.kernel) * gate2, _param(block.fc2.bias) * gate2, fb["h_frac"], x_frac))
     to_z = np.log2(np.e) * 2 ** integer.Z_FRAC  # logits in 1/256 bit
-    wh = (1 + head_mod[1])[:, None] * _param(model.head.kernel)
-    bh = head_mod[0] @ _param(model.head.kernel) + _param(model.head.bias)
+    kernel, bias = _param(model.head.kernel), _param(model.head.bias)
+    if model.copy_gate is not None:  # the "same as before" boost is the head's last output
+      kernel = np.concatenate([kernel, _param(model.copy_gate.kernel)], 1)
+      bias = np.concatenate([bias, _param(model.copy_gate.bias)])
+    wh = (1 + head_mod[1])[:, None] * kernel
+    bh = head_mod[0] @ kernel + bias
     tables["head"][name] = quantize_dense(wh * to_z, bh * to_z, formats["head_ln_frac"], 0)
   return tables, formats

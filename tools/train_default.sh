@@ -10,12 +10,21 @@
 # progvc_jax/assets/default.pgvcm, the model `progvc` uses without --model.
 # About 1.5 hours on a 2-core CPU. An interrupted run resumes from its last
 # checkpoint when the same command is run again; a finished stage is skipped.
+#
+# TOKENIZER=PATH skips stage 1 and trains the context model on that frozen
+# tokenizer instead (a tokenizer workdir, parameter checkpoint or codec
+# bundle): for a change to the context model alone, e.g.
+#   git show HEAD:progvc_jax/assets/default.pgvcm > /tmp/previous.pgvcm
+#   TOKENIZER=/tmp/previous.pgvcm bash tools/train_default.sh runs/default
 set -euo pipefail
 WORK="${1:-runs/default}"
 OUT="${OUT:-progvc_jax/assets/default.pgvcm}"
 cd "$(dirname "$0")/.."
 
-python -m progvc_jax.train --config configs/tokenizer.py:default --workdir "$WORK/tokenizer"
-python -m progvc_jax.train --config configs/context.py:default --config.tokenizer="$WORK/tokenizer" \
+TOK="${TOKENIZER:-$WORK/tokenizer}"
+if [ -z "${TOKENIZER:-}" ]; then
+  python -m progvc_jax.train --config configs/tokenizer.py:default --workdir "$TOK"
+fi
+python -m progvc_jax.train --config configs/context.py:default --config.tokenizer="$TOK" \
   --workdir "$WORK/context"
-python -m progvc_jax.export --tokenizer "$WORK/tokenizer" --context "$WORK/context" --out "$OUT" --overwrite
+python -m progvc_jax.export --tokenizer "$TOK" --context "$WORK/context" --out "$OUT" --overwrite

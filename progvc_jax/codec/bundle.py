@@ -73,7 +73,7 @@ def fingerprint(models: dict, arrays: dict[str, np.ndarray], version: int = VERS
 # Context-model arguments added after bundles were first written, at the value those bundles had.
 # Written into every new bundle and filled in when an older one is read, so that exporting and
 # re-exporting the same weights give the same bundle.
-CONTEXT_ADDED = dict(neighbourhood=1)
+CONTEXT_ADDED = dict(neighbourhood=1, copy_prev=False)
 
 
 def write_bundle(path: str, tokenizer_args: dict, tokenizer_params: dict, context_args: dict,

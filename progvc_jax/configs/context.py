@@ -2,8 +2,9 @@
 
 The context model trains on the token maps of a frozen tokenizer, named by
 `--config.tokenizer=PATH` (a tokenizer training workdir, whose latest EMA
-weights are used, or a parameter checkpoint). Its vocabulary, latent channels
-and scale schedule come from that tokenizer.
+weights are used, a parameter checkpoint, or a codec bundle .pgvcm, whose
+tokenizer is used). Its vocabulary, latent channels and scale schedule come
+from that tokenizer.
 
 Variants: tiny (CPU and tests), default (the shipped CPU codec's: sized
 for 5 frames/s decoding of 640x360 on two cores), base and large (accelerator meshes; VAR's
@@ -41,8 +42,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
 
   # "additive" or "cross": how the previous frame's scales <= k enter scale k.
   # neighbourhood: the side of the window of the frame's map a tile's inputs see (spatial context
-  # across tiles; 1: each tile alone).
-  c.model = dict(MODELS[arg.variant], context="additive", neighbourhood=1)
+  # across tiles; 1: each tile alone). copy_prev: the "same as before" path of P-frames.
+  c.model = dict(MODELS[arg.variant], context="additive", neighbourhood=3, copy_prev=True)
 
   common.add_mesh(c)
   # Run the Transformer's blocks as one lax.scan in the training step: compile time flat in depth,

@@ -21,7 +21,9 @@ iteration:
     2^-x from a 256-entry table and a shift;
   * GELU: a 4096-entry table;
   * adaLN: its modulation depends only on the frame type, so export folds it
-    into per-frame-type weights (`tables[...]["I"|"P"]`).
+    into per-frame-type weights (`tables[...]["I"|"P"]`);
+  * "same as before" (`copy_prev`): one more head output, clipped, added to
+    the logit of the previous frame's token by comparison with the vocabulary.
 The tokens' fhat as the context model sees it is integer too (`IntegerFhat`):
 codebook, bicubic upsampling, the Phi conv and area downsampling on integers.
 The pixels stay float (models/quantizer.py): they never touch a probability.
@@ -41,6 +43,7 @@ UNIT_FRAC = 7  # QK-normalised vectors are int8 in Q7
 PROB_FRAC = 14  # attention weights
 GELU_BITS = 12  # the GELU table covers 2^12 inputs
 FRAME_TYPES = ("I", "P")
+COPY_LIMIT = 64 << Z_FRAC  # the "same as before" boost, in 1/256 bit (transformer.COPY_LIMIT_BITS)
 
 
 def requant(x: jax.Array, shift) -> jax.Array:
@@ -112,6 +115,15 @@ def dense(x: jax.Array, p: dict, n_in: int = 1) -> jax.Array:
     w = w.astype(jnp.int32)
   acc = jax.lax.dot_general(x, w, (contract, ((), ())), preferred_element_type=jnp.int32)
   return requant(acc + p["bias"], p["shift"])
+
+
+def same_as_before(z, prev_tokens, xp):
+  """Head outputs (..., V + 1) -> logits (..., V): the last output, clipped to +-COPY_LIMIT, is added
+  to the logit of the previous frame's token at each position (P-frames; prev_tokens None: I-frames)."""
+  boost, z = xp.clip(z[..., -1:], -COPY_LIMIT, COPY_LIMIT), z[..., :-1]
+  if prev_tokens is None:
+    return z
+  return z + xp.where(prev_tokens[..., None] == xp.arange(z.shape[-1]), boost, 0)
 
 
 def exp2_neg(d: jax.Array, table: jax.Array) -> jax.Array:
@@ -256,4 +268,6 @@ class IntegerContext:
       x = x + dense(gelu(u, self.t["gelu"][i], fb["g_frac"] - fb["h_frac"]), b["fc2"])
       new_cache.append(c)
     z = dense(layer_norm(x, self.f["head_ln_frac"]), self.t["head"][ft])
+    if self.f.get("copy_prev", False):
+      z = same_as_before(z, None if prev_k is None else prev_k["tokens"], jnp)
     return frequencies(z, self.t["exp2"]), new_cache

@@ -201,4 +201,8 @@ def frame_weights(tables, formats, tokens, frame_type, prev_tokens=None, grid=No
     u = dense(layer_norm(x, fb["ln2_frac"]), b["fc1"])
     x = _i32(x + dense(gelu(u, tables["gelu"][i], fb["g_frac"] - fb["h_frac"]), b["fc2"]))
   z = dense(layer_norm(x, formats["head_ln_frac"]), tables["head"][ft])
+  if formats.get("copy_prev", False):  # "same as before": the head's last output boosts prev's token
+    boost, z = np.clip(z[..., -1:], -(64 << 8), 64 << 8), z[..., :-1]
+    if frame_type == 1:
+      z = z + np.where(prev_idx[..., None] == np.arange(z.shape[-1]), boost, 0)
   return frequencies(z, tables["exp2"])

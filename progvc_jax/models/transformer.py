@@ -18,8 +18,10 @@ Temporal context (P-frames), truncation-safe: at scale k the model sees the
 previous frame only through its scales <= k, namely
   * fhat_(t-1,k) area-downsampled to the scale-k grid (what the previous
     frame looked like at this level of detail), and
-  * the previous frame's tokens of scale k (a direct "same token as before"
-    signal that makes static content nearly free to code).
+  * the previous frame's tokens of scale k, embedded, and with `copy_prev`
+    also as a "same as before" path: a learned, per-position boost added to
+    the logit of the token the previous frame had at the same position and
+    scale, so unchanged tokens of static content cost almost nothing.
 So when a stream is cut to K' scales for every frame, everything scale k <=
 K' needs was received.
 
@@ -54,6 +56,7 @@ from progvc_jax import sharding
 from progvc_jax.models import layers
 
 I_FRAME, P_FRAME = 0, 1
+COPY_LIMIT_BITS = 64  # the "same as before" boost stays within +-64 bits (the integer path's clip)
 CONTEXTS = ("additive", "cross")
 
 
@@ -180,6 +183,8 @@ class ContextModel(nnx.Module):
     context: "additive" or "cross" (see the module docstring).
     neighbourhood: s, the side of the window of the frame's map each input position sees (odd;
       1: the tile alone). Inputs then carry an s^2 axis: x_next (N, L - 1, s^2, C).
+    copy_prev: in P-frames, add a learned boost (one output of the head, at most
+      COPY_LIMIT_BITS either way) to the logit of the previous frame's token at the same position.
     dtype: compute dtype (parameters stay float32; logits are float32).
     remat: what the teacher-forced pass keeps for the backward pass (layers.REMAT_POLICIES).
     scan_layers: run the teacher-forced pass's blocks under one lax.scan.
@@ -187,8 +192,8 @@ class ContextModel(nnx.Module):
 
   def __init__(self, *, vocab_size: int, latent_dim: int, schedule: Sequence[int], width: int = 256,
                depth: int = 4, heads: int = 4, mlp_ratio: float = 4.0, context: str = "additive",
-               neighbourhood: int = 1, dtype=jnp.float32, remat: str = "none", scan_layers: bool = False,
-               rngs: nnx.Rngs):
+               neighbourhood: int = 1, copy_prev: bool = False, dtype=jnp.float32, remat: str = "none",
+               scan_layers: bool = False, rngs: nnx.Rngs):
     if context not in CONTEXTS:
       raise ValueError(f"context must be one of {CONTEXTS}, got {context!r}")
     if neighbourhood < 1 or neighbourhood % 2 == 0:
@@ -218,6 +223,7 @@ class ContextModel(nnx.Module):
                             for _ in range(depth)])
     self.head_ada = Dense((width,), (2, width), ("embed", None, "mlp"), zero=True, dtype=dtype, rngs=rngs)
     self.head = Dense((width,), (vocab_size,), ("embed", "vocab"), std=0.02, dtype=dtype, rngs=rngs)
+    self.copy_gate = Dense((width,), (1,), ("embed", None), zero=True, dtype=dtype, rngs=rngs) if copy_prev else None
 
   @property
   def length(self) -> int:
@@ -246,10 +252,18 @@ class ContextModel(nnx.Module):
   def _cond(self, frame_type: jax.Array) -> jax.Array:
     return self.frame_type[...][frame_type].astype(self.dtype)
 
-  def _logits(self, x: jax.Array, cond: jax.Array) -> jax.Array:
+  def _logits(self, x: jax.Array, cond: jax.Array, prev_tokens: jax.Array | None, is_p: jax.Array) -> jax.Array:
+    """Logits (N, M, V) float32; with copy_prev, P-frame rows get the "same as before" boost on
+    the logit of prev_tokens (N, M), the previous frame's tokens at the same positions."""
     m = self.head_ada(jax.nn.silu(cond))
     h = layer_norm(x) * (1 + m[:, 1, None, :]) + m[:, 0, None, :]
-    return self.head(h).astype(jnp.float32)
+    logits = self.head(h).astype(jnp.float32)
+    if self.copy_gate is None or prev_tokens is None:
+      return logits
+    limit = COPY_LIMIT_BITS * np.log(2.0)  # in nats
+    boost = jnp.clip(self.copy_gate(h).astype(jnp.float32), -limit, limit)
+    same = prev_tokens[..., None] == jnp.arange(self.vocab_size)
+    return logits + jnp.where(same & is_p[:, None, None], boost, 0.0)
 
   def _null_kv(self, block: Block, n: int):
     k, v = block.cross_attn.keys_values(layer_norm(self.null_slot[...].astype(self.dtype))[None, None])
@@ -291,7 +305,8 @@ class ContextModel(nnx.Module):
         x = sharding.constrain(x, "batch", "length", "embed")
         x = run(self, block, x, cond, self_mask, mem, cross_mask)
     x = sharding.constrain(x, "batch", "length", "embed")
-    return sharding.constrain(self._logits(x, cond), "batch", "length", "vocab")
+    logits = self._logits(x, cond, None if prev is None else prev["tokens"], is_p)
+    return sharding.constrain(logits, "batch", "length", "vocab")
 
   def _scanned_blocks(self, x, cond, self_mask, mem, cross_mask):
     """The blocks as one lax.scan over their parameters stacked on a leading layer axis."""
@@ -366,4 +381,4 @@ class ContextModel(nnx.Module):
           cross_mask = jnp.broadcast_to(slot == 0, (n, 1, 1, 1 + hi))
       x = block(x, block.modulation(cond), self_kv, None, cross_kv, cross_mask)
       new_cache.append(c)
-    return self._logits(x, cond), new_cache
+    return self._logits(x, cond, None if prev_k is None else prev_k["tokens"], is_p), new_cache

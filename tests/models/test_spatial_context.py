@@ -28,7 +28,7 @@ def quantizer():
 
 @pytest.fixture(scope="module")
 def model(quantizer):
-  return make_model(quantizer, "additive", neighbourhood=3)
+  return make_model(quantizer, "additive", neighbourhood=3, copy_prev=True)
 
 
 def random_tokens(quantizer, seed):
@@ -94,6 +94,7 @@ def test_integer_path_matches_the_reference_with_windows(model, quantizer):
   tables, formats = quantize.integer_model(types.SimpleNamespace(quantizer=quantizer), model,
                                            quantize.calibrate(quantizer, model, batches))
   assert formats["neighbourhood"] == 3 and tables["embed_in"]["kernel"].shape == (9, C, model.width)
+  assert formats["copy_prev"] and tables["head"]["P"]["kernel"].shape == (model.width, V + 1)
   steps = pg.IntegerFrameSteps(quantizer, tables, formats)
   for tile_batch in (None, 4):
     prev = None

@@ -19,9 +19,9 @@ def quantizer():
   return MultiScaleQuantizer(vocab_size=V, dim=C, tile=4, rngs=nnx.Rngs(0))  # scales (1, 2, 3, 4)
 
 
-def make_model(quantizer, context, seed=1, neighbourhood=1):
+def make_model(quantizer, context, seed=1, neighbourhood=1, copy_prev=False):
   m = ContextModel(vocab_size=V, latent_dim=C, schedule=quantizer.schedule, width=32, depth=2, heads=2,
-                   context=context, neighbourhood=neighbourhood, rngs=nnx.Rngs(seed))
+                   context=context, neighbourhood=neighbourhood, copy_prev=copy_prev, rngs=nnx.Rngs(seed))
   # adaLN-Zero starts every block as the identity; perturb all weights so each path matters.
   state = nnx.state(m, nnx.Param)
   leaves, tree = jax.tree.flatten(state)
@@ -74,10 +74,10 @@ def test_block_causal_mask_and_truncation_safe_context(quantizer, context):
   assert np.abs(i_base - base).max() > 1e-3  # and are conditioned differently
 
 
-@pytest.mark.parametrize("context,neighbourhood,tile_batch,grid", [
-    ("additive", 1, None, None), ("cross", 1, None, None), ("additive", 3, 4, (2, 3))])
-def test_kv_cached_steps_agree_with_teacher_forcing(quantizer, context, neighbourhood, tile_batch, grid):
-  model = make_model(quantizer, context, neighbourhood=neighbourhood)
+@pytest.mark.parametrize("context,neighbourhood,tile_batch,grid,copy_prev", [
+    ("additive", 1, None, None, False), ("cross", 1, None, None, True), ("additive", 3, 4, (2, 3), True)])
+def test_kv_cached_steps_agree_with_teacher_forcing(quantizer, context, neighbourhood, tile_batch, grid, copy_prev):
+  model = make_model(quantizer, context, neighbourhood=neighbourhood, copy_prev=copy_prev)
   steps = pg.FrameSteps(quantizer, model)
   n = N if grid is None else grid[0] * grid[1]
   cur, prev_tokens = random_tokens(quantizer, 3, n), random_tokens(quantizer, 4, n)

@@ -7,6 +7,7 @@ import sys
 import jax
 import numpy as np
 import pytest
+from flax import nnx
 from jax.sharding import PartitionSpec as P
 
 from progvc_jax.configs import context as context_config
@@ -73,6 +74,21 @@ def test_workdir_gives_the_ema_weights_of_its_latest_step(tokenizer_workdir):
     np.testing.assert_array_equal(np.asarray(a), b)
   with pytest.raises(ValueError, match="holds a 'tokenizer' checkpoint, not a 'context' one"):
     checkpointing.load_params(tokenizer_workdir, "context")
+
+
+def test_a_codec_bundle_serves_as_the_frozen_tokenizer():
+  """--config.tokenizer=model.pgvcm: a context model for a shipped tokenizer."""
+  from progvc_jax.codec import bundle as bundle_lib
+  from progvc_jax.codec.cli import DEFAULT_MODEL as path
+  b = bundle_lib.load_bundle(path)
+  args = checkpointing.load_model_args(path, "tokenizer")
+  assert args == b.tokenizer_args
+  abstract = nnx.to_pure_dict(nnx.state(b.tokenizer(), nnx.Param))
+  params = checkpointing.load_params_like(path, "tokenizer", abstract)
+  for a, c in zip(jax.tree.leaves(abstract), jax.tree.leaves(params)):
+    np.testing.assert_array_equal(np.asarray(a), c)
+  with pytest.raises(ValueError, match="not a 'discriminator'"):
+    checkpointing.load_params(path, "discriminator")
 
 
 def test_sequences_follow_clips_and_tiles(trainer):
