@@ -2,8 +2,8 @@
 
   python tools/eval_context.py --tokenizer TOK --context CTX --video clip.mp4 [--frames 30] [--gop 30]
 
-TOK and CTX are training workdirs (latest EMA weights) or parameter
-checkpoints. Each frame is tokenized whole (edge-padded to the pixel tile)
+TOK and CTX are training workdirs (latest EMA weights), parameter
+checkpoints or codec bundles (a bundle's float models). Each frame is tokenized whole (edge-padded to the pixel tile)
 and its tiles are run scale by scale through the incremental path the codec
 uses (progressive.FrameSteps): the first frame of each GOP as an I-frame,
 the rest as P-frames on the previous frame's tokens. The figures are the
@@ -28,8 +28,8 @@ from progvc_jax.models import progressive
 from progvc_jax.models.tokenizer import Tokenizer
 from progvc_jax.models.transformer import I_FRAME, P_FRAME, ContextModel
 
-flags.DEFINE_string("tokenizer", None, "Tokenizer workdir or parameter checkpoint.", required=True)
-flags.DEFINE_string("context", None, "Context-model workdir or parameter checkpoint.", required=True)
+flags.DEFINE_string("tokenizer", None, "Tokenizer workdir, parameter checkpoint or bundle.", required=True)
+flags.DEFINE_string("context", None, "Context-model workdir, parameter checkpoint or bundle.", required=True)
 flags.DEFINE_multi_string("video", None, "Video file(s) to measure.", required=True)
 flags.DEFINE_integer("frames", 30, "Frames to read from the start of each video.")
 flags.DEFINE_integer("gop", 0, "I-frame every this many frames (0: only the first).")

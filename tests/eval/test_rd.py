@@ -56,3 +56,34 @@ def test_every_promised_point_is_written(run):
   for name in ("rd_psnr_rgb.png", "rd_psnr_y.png", "rd_ms_ssim.png", "rd_vmaf.png", "strip.png"):
     assert (out / name).stat().st_size > 1000
   assert "rd:" in proc.stderr  # progress bar
+
+
+def _write_points(folder, rows):
+  os.makedirs(folder)
+  with open(os.path.join(folder, "points.csv"), "w", newline="") as f:
+    w = csv.writer(f)
+    w.writerow(["codec", "mode", "setting", "bytes", "bpp", "psnr_rgb", "psnr_y", "ms_ssim", "vmaf", "lpips"])
+    w.writerows(rows)
+
+
+def test_compare_rd_gives_the_bd_rate_of_one_model_against_another(tmp_path):
+  """Same qualities at half the rate: -50% at every K and in BD-rate; a flat VMAF is named undefined."""
+  ref, new = str(tmp_path / "ref"), str(tmp_path / "new")
+  quality = [(18.0, 0.5, 0.0), (19.0, 0.6, 0.0), (20.0, 0.7, 0.0), (21.0, 0.8, 0.0)]
+  row = lambda k, bpp, q: ["progvc", "none", f"K={k}", 100, bpp, q[0], q[0], q[1], q[2], ""]
+  _write_points(ref, [row(k + 1, 0.01 * 2 ** k, q) for k, q in enumerate(quality)]
+                + [["x265", "", "crf=32", 100, 0.05, 30, 30, 0.9, 80, ""]])
+  _write_points(new, [row(k + 1, 0.005 * 2 ** k, q) for k, q in enumerate(quality)])
+  out = tmp_path / "cmp.json"
+  r = subprocess.run([sys.executable, "tools/compare_rd.py", "--reference", ref, "--test", new, "--json", str(out)],
+                     capture_output=True, text=True, cwd=os.path.dirname(os.path.dirname(os.path.dirname(__file__))))
+  assert r.returncode == 0, r.stderr
+  result = json.loads(out.read_text())
+  assert [round(p["rate_change_percent"], 6) for p in result["per_k"]] == [-50.0] * 4
+  by_metric = {row["metric"]: row for row in result["bd"]}
+  assert by_metric["ms_ssim"]["bd_rate_percent"] == pytest.approx(-50.0, abs=1e-6)
+  assert by_metric["psnr_rgb"]["bd_quality"] > 0
+  assert "note" in by_metric["vmaf"] and "lpips" not in by_metric
+  r = subprocess.run([sys.executable, "tools/compare_rd.py", "--reference", str(tmp_path), "--test", new],
+                     capture_output=True, text=True, cwd=os.path.dirname(os.path.dirname(os.path.dirname(__file__))))
+  assert r.returncode == 1 and "has no points.csv" in r.stderr.strip().splitlines()[-1]

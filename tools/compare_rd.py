@@ -1,0 +1,93 @@
+"""BD figures of one progvc model's rate-distortion run against another's, on the same clip.
+
+  python tools/eval_rd.py --model OLD.pgvcm --video CLIP --out runs/rd_old --anchors= --modes none
+  python tools/eval_rd.py --model NEW.pgvcm --video CLIP --out runs/rd_new --anchors= --modes none
+  python tools/compare_rd.py --reference runs/rd_old --test runs/rd_new [--json OUT]
+
+Reads both runs' points.csv and prints, for each progvc curve both have and
+each metric, the BD-rate and BD-quality of the test run against the
+reference (negative BD-rate: fewer bits for the same quality), or why it is
+undefined, and the rate change at every K.
+"""
+
+import csv
+import json
+import os
+import sys
+
+from absl import app, flags
+
+from progvc_jax.eval import bd
+from progvc_jax.eval.rd import METRICS
+
+flags.DEFINE_string("reference", None, "eval_rd output folder of the reference model.", required=True)
+flags.DEFINE_string("test", None, "eval_rd output folder of the model under test.", required=True)
+flags.DEFINE_string("json", None, "Also write the figures to this file.")
+FLAGS = flags.FLAGS
+
+
+def read_points(folder: str) -> list[dict]:
+  path = os.path.join(folder, "points.csv")
+  if not os.path.isfile(path):
+    raise FileNotFoundError(f"{folder} has no points.csv (is it an eval_rd output folder?)")
+  with open(path, newline="") as f:
+    return [row for row in csv.DictReader(f) if row["codec"] == "progvc" and row["mode"] != "rate"]
+
+
+def curves(points: list[dict]) -> dict[str, dict[str, dict]]:
+  """{mode: {setting: row}} of progvc's ladder."""
+  out: dict[str, dict[str, dict]] = {}
+  for row in points:
+    out.setdefault(row["mode"], {})[row["setting"]] = row
+  return out
+
+
+def compare(reference: list[dict], test: list[dict]) -> dict:
+  ref, new = curves(reference), curves(test)
+  out = {"bd": [], "per_k": []}
+  for mode in sorted(set(ref) & set(new)):
+    settings = [s for s in ref[mode] if s in new[mode]]
+    for s in settings:
+      a, b = float(ref[mode][s]["bpp"]), float(new[mode][s]["bpp"])
+      out["per_k"].append({"mode": mode, "setting": s, "bpp_reference": a, "bpp_test": b,
+                           "rate_change_percent": 100.0 * (b / a - 1.0)})
+    for metric in METRICS:
+      rows = [(ref[mode][s], new[mode][s]) for s in settings if ref[mode][s][metric] and new[mode][s][metric]]
+      if not rows:
+        continue
+      entry = {"mode": mode, "metric": metric}
+      ra, qa = [float(r[0]["bpp"]) for r in rows], [float(r[0][metric]) for r in rows]
+      rb, qb = [float(r[1]["bpp"]) for r in rows], [float(r[1][metric]) for r in rows]
+      try:
+        entry["bd_rate_percent"] = bd.bd_rate(ra, qa, rb, qb)
+        entry["bd_quality"] = bd.bd_quality(ra, qa, rb, qb)
+      except ValueError as e:
+        entry["note"] = str(e)
+      out["bd"].append(entry)
+  return out
+
+
+def main(argv):
+  del argv
+  try:
+    result = compare(read_points(FLAGS.reference), read_points(FLAGS.test))
+  except (FileNotFoundError, KeyError) as e:
+    sys.exit(f"compare_rd: {e}")
+  if not result["per_k"]:
+    sys.exit("compare_rd: the two runs share no progvc points")
+  for row in result["per_k"]:
+    print(f"  {row['mode']:6s} {row['setting']:5s}: {row['bpp_reference']:.5f} -> {row['bpp_test']:.5f} bpp "
+          f"({row['rate_change_percent']:+.1f}%)")
+  for row in result["bd"]:
+    if "bd_rate_percent" in row:
+      print(f"  {row['mode']:6s} {row['metric']:8s}: BD-rate {row['bd_rate_percent']:+.1f}%, "
+            f"BD-quality {row['bd_quality']:+.4f}")
+    else:
+      print(f"  {row['mode']:6s} {row['metric']:8s}: {row['note']}")
+  if FLAGS.json:
+    with open(FLAGS.json, "w") as f:
+      json.dump(result, f, indent=1)
+
+
+if __name__ == "__main__":
+  app.run(main)
