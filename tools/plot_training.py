@@ -6,6 +6,9 @@
 Left: the tokenizer's evaluation PSNR after each scale (EMA weights, held-out
 batches). Right: the context model's evaluation bits per pixel of I- and
 P-frames. --csv also writes every evaluated step's figures as a table.
+Either stage may instead be read from such a table of an earlier run
+(--tokenizer docs/default_model/training.csv), for a model that kept its
+tokenizer and retrained only its context model.
 """
 
 import collections
@@ -15,8 +18,10 @@ import os
 
 from absl import app, flags
 
-flags.DEFINE_string("tokenizer", None, "Tokenizer training workdir.", required=True)
-flags.DEFINE_string("context", None, "Context-model training workdir.", required=True)
+flags.DEFINE_string("tokenizer", None, "Tokenizer training workdir, or a --csv table holding its rows.",
+                    required=True)
+flags.DEFINE_string("context", None, "Context-model training workdir, or a --csv table holding its rows.",
+                    required=True)
 flags.DEFINE_string("out", "training.png", "Output image.")
 flags.DEFINE_string("csv", None, "Also write the evaluated figures to this CSV file.")
 FLAGS = flags.FLAGS
@@ -48,13 +53,29 @@ def read_scalars(workdir: str, prefix: str = "eval/") -> dict[str, list[tuple[in
   return {tag: sorted(values.items()) for tag, values in out.items()}
 
 
+def read_table(path: str, stage: str) -> dict[str, list[tuple[int, float]]]:
+  """{tag: [(step, value)]} of one stage's rows of a table this tool wrote."""
+  out = collections.defaultdict(list)
+  with open(path, newline="") as f:
+    for row in csv.DictReader(f):
+      if row["stage"] == stage:
+        out[row["tag"]].append((int(row["step"]), float(row["value"])))
+  if not out:
+    raise app.UsageError(f"{path} has no {stage} rows")
+  return {tag: sorted(points) for tag, points in out.items()}
+
+
+def read_stage(source: str, stage: str) -> dict[str, list[tuple[int, float]]]:
+  return read_table(source, stage) if os.path.isfile(source) else read_scalars(source)
+
+
 def main(argv):
   del argv
   import matplotlib
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt
 
-  tok, ctx = read_scalars(FLAGS.tokenizer), read_scalars(FLAGS.context)
+  tok, ctx = read_stage(FLAGS.tokenizer, "tokenizer"), read_stage(FLAGS.context, "context")
   fig, (a, b) = plt.subplots(1, 2, figsize=(11, 4))
   scales = sorted((t for t in tok if t.startswith("eval/psnr_scale")), key=lambda t: int(t.rsplit("e", 1)[1]))
   for tag in scales:
