@@ -9,6 +9,14 @@ named; BD-rate and BD-quality of each progvc curve against each anchor), one
 RD plot per metric (DIR/rd_<metric>.png), and DIR/strip.png (source, progvc
 at several K, x265 at a similar bpp). VMAF and the anchors use the ffmpeg
 inside the imageio-ffmpeg wheel (PROGVC_FFMPEG to use another).
+
+For a model that changed only its context model (same tokenizer), the frames
+decoded at each K are those of the earlier model, and only the rate differs:
+
+  python tools/eval_rd.py --model NEW --video CLIP --out DIR --scores_from OLD_DIR --scores_model OLD
+
+encodes and truncates (real sizes), checks that the tokenizers are equal and
+every chunk's tokens match OLD_DIR's stream, and takes the scores from there.
 """
 
 import os
@@ -27,6 +35,9 @@ flags.DEFINE_list("anchors", ["x264", "x265"], "Anchor codecs: x264, x265, svtav
 flags.DEFINE_integer("seed", 0, "Seed of sample completion.")
 flags.DEFINE_string("lpips", None, "LPIPS weights (.npz) to also score LPIPS.")
 flags.DEFINE_bool("vmaf", True, "Score VMAF (needs an ffmpeg with libvmaf).")
+flags.DEFINE_string("scores_from", None, "An earlier run's folder of a model with the same tokenizer: only "
+                    "encode and measure sizes, and take the scores from there (--scores_model names its model).")
+flags.DEFINE_string("scores_model", None, "The bundle the --scores_from run used.")
 FLAGS = flags.FLAGS
 
 
@@ -48,6 +59,14 @@ def main(argv):
     info = video.probe(FLAGS.video)
     frames = video.read_frames(FLAGS.video, count=min(FLAGS.frames, info.num_frames))
     kbps = [float(v) for v in FLAGS.kbps]
+    if FLAGS.scores_from:
+      if not FLAGS.scores_model:
+        sys.exit("eval_rd: --scores_from needs --scores_model, the bundle of that run")
+      results = rd.rates_with_scores_from(model, codec.load_model(FLAGS.scores_model), frames, info.fps or 25.0,
+                                          FLAGS.out, FLAGS.scores_from, gop=FLAGS.gop)
+      print(f"{len(results['points'])} points on {results['frames']} frames, scores from {FLAGS.scores_from} "
+            f"-> {FLAGS.out}/points.csv")
+      return
     jobs = rd.plan(model, FLAGS.modes, kbps, FLAGS.anchors)
     with tqdm(total=len(jobs), unit="point", desc="rd", file=sys.stderr) as bar:
       def step(name):

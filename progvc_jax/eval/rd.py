@@ -14,6 +14,7 @@ import os
 from dataclasses import asdict, dataclass, field
 from typing import Callable, Sequence
 
+import jax
 import numpy as np
 
 from progvc_jax.codec import bitstream, decoder, encoder
@@ -118,6 +119,62 @@ def run(model: CodecModel, frames: np.ndarray, fps: float, out: str, *, modes: S
       plots.rd_plot(curves, metric, os.path.join(out, f"rd_{metric}.png"))
   plots.frame_strip(strip_rows(frames[t // 2], points, decoded, model.num_scales),
                     os.path.join(out, "strip.png"))
+  return results
+
+
+def same_tokenizer(a: CodecModel, b: CodecModel) -> bool:
+  """Whether two bundles hold the same tokenizer (arguments and every weight)."""
+  pa, pb = a.bundle.tokenizer_params, b.bundle.tokenizer_params
+  return (a.bundle.tokenizer_args == b.bundle.tokenizer_args
+          and jax.tree.structure(pa) == jax.tree.structure(pb)
+          and all(np.array_equal(x, y) for x, y in zip(jax.tree.leaves(pa), jax.tree.leaves(pb))))
+
+
+def chunk_checksums(path: str) -> list[list[int]]:
+  with open(path, "rb") as f:
+    return [[c.checksum for c in frame.chunks] for frame in bitstream.Reader(f)]
+
+
+def rates_with_scores_from(model: CodecModel, reference: CodecModel, frames: np.ndarray, fps: float, out: str,
+                           scores_from: str, *, gop: int = 30) -> dict:
+  """progvc's `none` ladder of a model whose tokenizer is the reference's: real file sizes of its own
+  encode and truncations, scores taken from the reference's run in `scores_from`.
+
+  With the same tokenizer the tokens, and so the frames decoded at each K, are the
+  reference's: only the context model's probabilities, the rate, differ. Checked:
+  the tokenizers' weights are equal, and every chunk's token checksum matches the
+  reference run's stream. Saves the decodes and metrics (most of a run at 720p).
+  """
+  if not same_tokenizer(model, reference):
+    raise ValueError(f"{model.path} and {reference.path} hold different tokenizers: scores cannot be shared")
+  ref_stream = os.path.join(scores_from, "progvc_all_scales.pgvc")
+  ref_points = os.path.join(scores_from, "points.csv")
+  if not (os.path.isfile(ref_stream) and os.path.isfile(ref_points)):
+    raise ValueError(f"{scores_from} is not an eval_rd output folder (no progvc_all_scales.pgvc or points.csv)")
+  os.makedirs(out, exist_ok=True)
+  t, height, width = frames.shape[:3]
+  full = os.path.join(out, "progvc_all_scales.pgvc")
+  encoder.encode_file(model, iter(frames), full, fps, gop=gop)
+  if chunk_checksums(full) != chunk_checksums(ref_stream):
+    raise ValueError(f"the tokens differ from those of {ref_stream} (other frames or GOP?)")
+  with open(ref_points, newline="") as f:
+    scored = {row["setting"]: row for row in csv.DictReader(f) if row["codec"] == "progvc" and row["mode"] == "none"}
+  points = []
+  for k in range(1, model.num_scales + 1):
+    path = os.path.join(out, f"progvc_K{k}.pgvc")
+    with open(full, "rb") as src, open(path, "wb") as dst:
+      bitstream.truncate(src, dst, k)
+    row = scored.get(f"K={k}")
+    if row is None:
+      raise ValueError(f"{ref_points} has no progvc none point at K={k}")
+    size = os.path.getsize(path)
+    points.append(Point("progvc", "none", f"K={k}", size, metrics.bits_per_pixel(size, width, height, t),
+                        {m: float(row[m]) for m in METRICS if row.get(m)}))
+  results = {"frames": t, "size": [width, height], "fps": fps, "points": [asdict(p) for p in points],
+             "bd": [], "scores_from": os.path.abspath(scores_from)}
+  _write_csv(points, os.path.join(out, "points.csv"))
+  with open(os.path.join(out, "results.json"), "w") as f:
+    json.dump(results, f, indent=1)
   return results
 
 

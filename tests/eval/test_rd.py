@@ -29,11 +29,11 @@ def run(tmp_path_factory):
                          "--video", str(clip), "--out", str(out), "--frames", "3", "--gop", "2",
                          "--modes", "none,sample", "--kbps", "40"],
                         capture_output=True, text=True, cwd=ROOT, timeout=900)
-  return proc, out
+  return proc, out, d, clip
 
 
 def test_every_promised_point_is_written(run):
-  proc, out = run
+  proc, out, _, _ = run
   assert proc.returncode == 0, proc.stderr[-3000:]
   rows = list(csv.DictReader(open(out / "points.csv")))
   got = {(r["codec"], r["mode"], r["setting"]) for r in rows}
@@ -87,3 +87,27 @@ def test_compare_rd_gives_the_bd_rate_of_one_model_against_another(tmp_path):
   r = subprocess.run([sys.executable, "tools/compare_rd.py", "--reference", str(tmp_path), "--test", new],
                      capture_output=True, text=True, cwd=os.path.dirname(os.path.dirname(os.path.dirname(__file__))))
   assert r.returncode == 1 and "has no points.csv" in r.stderr.strip().splitlines()[-1]
+
+
+def test_a_model_with_the_same_tokenizer_takes_the_scores_and_measures_its_own_rate(run, tmp_path):
+  """--scores_from: the frames at each K are the reference's; sizes are the new model's own."""
+  proc, out, d, clip = run
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  _, other_ctx = write_checkpoints(str(tmp_path), seed=5)
+  export.export(str(d / "tok"), other_ctx, str(tmp_path / "new.pgvcm"), calibration_batches=1)
+  args = [sys.executable, os.path.join(ROOT, "tools", "eval_rd.py"), "--video", str(clip), "--frames", "3",
+          "--gop", "2", "--scores_from", str(out), "--scores_model", str(d / "m.pgvcm")]
+  new = subprocess.run(args + ["--model", str(tmp_path / "new.pgvcm"), "--out", str(tmp_path / "new")],
+                       capture_output=True, text=True, cwd=ROOT, timeout=900)
+  assert new.returncode == 0, new.stderr[-3000:]
+  ref = {r["setting"]: r for r in csv.DictReader(open(out / "points.csv")) if r["mode"] == "none"}
+  rows = list(csv.DictReader(open(tmp_path / "new" / "points.csv")))
+  assert [r["setting"] for r in rows] == [f"K={k}" for k in range(1, 5)]
+  for r in rows:
+    assert int(r["bytes"]) == os.path.getsize(tmp_path / "new" / f"progvc_K{r['setting'][2:]}.pgvc")
+    assert r["ms_ssim"] == ref[r["setting"]]["ms_ssim"] and r["bytes"] != ref[r["setting"]]["bytes"]
+  # Another tokenizer (seed 5's) is refused: its frames would differ.
+  export.export(str(tmp_path / "tok"), other_ctx, str(tmp_path / "other.pgvcm"), calibration_batches=1)
+  bad = subprocess.run(args + ["--model", str(tmp_path / "other.pgvcm"), "--out", str(tmp_path / "bad")],
+                       capture_output=True, text=True, cwd=ROOT, timeout=900)
+  assert bad.returncode == 1 and "hold different tokenizers" in bad.stderr.strip().splitlines()[-1]
