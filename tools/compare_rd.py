@@ -7,7 +7,8 @@
 Reads both runs' points.csv and prints, for each progvc curve both have and
 each metric, the BD-rate and BD-quality of the test run against the
 reference (negative BD-rate: fewer bits for the same quality), or why it is
-undefined, and the rate change at every K.
+undefined, and the rate change at every K. From each run's all-scales
+stream it also gives the mean payload of I- and P-frames and their ratio.
 """
 
 import csv
@@ -40,6 +41,21 @@ def curves(points: list[dict]) -> dict[str, dict[str, dict]]:
   for row in points:
     out.setdefault(row["mode"], {})[row["setting"]] = row
   return out
+
+
+def frame_bytes(folder: str) -> dict | None:
+  """Mean range-coded payload bytes of I- and P-frames in the run's all-scales stream (None without one)."""
+  from progvc_jax.codec import bitstream
+  path = os.path.join(folder, "progvc_all_scales.pgvc")
+  if not os.path.isfile(path):
+    return None
+  sizes = {bitstream.I_FRAME: [], bitstream.P_FRAME: []}
+  with open(path, "rb") as f:
+    for frame in bitstream.Reader(f):
+      sizes[frame.kind].append(sum(len(c.payload) for c in frame.chunks))
+  mean = {k: sum(v) / len(v) if v else float("nan") for k, v in sizes.items()}
+  return {"I_bytes": mean[bitstream.I_FRAME], "P_bytes": mean[bitstream.P_FRAME],
+          "P_over_I": mean[bitstream.P_FRAME] / mean[bitstream.I_FRAME]}
 
 
 def compare(reference: list[dict], test: list[dict]) -> dict:
@@ -84,6 +100,12 @@ def main(argv):
             f"BD-quality {row['bd_quality']:+.4f}")
     else:
       print(f"  {row['mode']:6s} {row['metric']:8s}: {row['note']}")
+  for name, folder in (("reference", FLAGS.reference), ("test", FLAGS.test)):
+    fb = frame_bytes(folder)
+    if fb:
+      result[f"frames_{name}"] = fb
+      print(f"  {name:9s}: I-frames {fb['I_bytes']:.0f} B, P-frames {fb['P_bytes']:.0f} B, "
+            f"P/I {fb['P_over_I']:.3f}")
   if FLAGS.json:
     with open(FLAGS.json, "w") as f:
       json.dump(result, f, indent=1)
