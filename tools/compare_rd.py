@@ -19,7 +19,7 @@ import sys
 from absl import app, flags
 
 from progvc_jax.eval import bd
-from progvc_jax.eval.rd import METRICS
+from progvc_jax.eval.rd import METRICS, bd_line
 
 flags.DEFINE_string("reference", None, "eval_rd output folder of the reference model.", required=True)
 flags.DEFINE_string("test", None, "eval_rd output folder of the model under test.", required=True)
@@ -95,11 +95,7 @@ def main(argv):
     print(f"  {row['mode']:6s} {row['setting']:5s}: {row['bpp_reference']:.5f} -> {row['bpp_test']:.5f} bpp "
           f"({row['rate_change_percent']:+.1f}%)")
   for row in result["bd"]:
-    if "bd_rate_percent" in row:
-      print(f"  {row['mode']:6s} {row['metric']:8s}: BD-rate {row['bd_rate_percent']:+.1f}%, "
-            f"BD-quality {row['bd_quality']:+.4f}")
-    else:
-      print(f"  {row['mode']:6s} {row['metric']:8s}: {row['note']}")
+    print(bd_line(row, f"{row['mode']:6s} {row['metric']:8s}"))
   for name, folder in (("reference", FLAGS.reference), ("test", FLAGS.test)):
     fb = frame_bytes(folder)
     if fb:

@@ -80,11 +80,7 @@ def main(argv):
   print(f"{len(results['points'])} points on {results['frames']} frames {results['size'][0]}x{results['size'][1]} "
         f"-> {FLAGS.out}/points.csv, results.json, rd_*.png, strip.png")
   for row in results["bd"]:
-    if "bd_rate_percent" in row:
-      print(f"  {row['metric']:8s} {row['test']:15s} vs {row['reference']:5s}: BD-rate {row['bd_rate_percent']:+.1f}%, "
-            f"BD-quality {row['bd_quality']:+.3f}")
-    else:
-      print(f"  {row['metric']:8s} {row['test']:15s} vs {row['reference']:5s}: {row['note']}")
+    print(rd.bd_line(row, f"{row['metric']:8s} {row['test']:15s} vs {row['reference']:5s}"))
 
 
 if __name__ == "__main__":

@@ -206,6 +206,13 @@ def bd_table(points: Sequence[Point]) -> list[dict]:
   return rows
 
 
+def bd_line(row: dict, label: str) -> str:
+  """A BD table row as one printed line: the label, then BD-rate and BD-quality or why they are undefined."""
+  if "bd_rate_percent" in row:
+    return f"  {label}: BD-rate {row['bd_rate_percent']:+.1f}%, BD-quality {row['bd_quality']:+.4f}"
+  return f"  {label}: {row['note']}"
+
+
 def strip_rows(source: np.ndarray, points: Sequence[Point], decoded: dict, num_scales: int):
   """Source, progvc at a few K (first completion mode), and the x265 (else x264) point nearest
   in bpp to progvc's middle K."""
