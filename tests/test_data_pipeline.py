@@ -51,6 +51,19 @@ def source(data, **kwargs):
                              photo_size=CROP, **kwargs)
 
 
+def test_a_share_of_photo_clips_keeps_the_camera_still(data):
+  plain, mixed = source(data), source(data, still_share=0.5)
+  photos = range(plain.num_video_clips, len(plain))
+  still = [i for i in photos if all(np.array_equal(f, mixed[i][0]) for f in mixed[i])]
+  assert 0 < len(still) < len(photos)
+  for i in photos:  # each clip starts where it did, and the moving ones are unchanged
+    np.testing.assert_array_equal(mixed[i][0], plain[i][0])
+    if i not in still:
+      np.testing.assert_array_equal(mixed[i], plain[i])
+  with pytest.raises(ValueError, match="still_share must be in"):
+    source(data, still_share=1.5)
+
+
 def test_clip_source_records(data):
   src = source(data)
   large, small = (video.read_frames(p) for p in data[0])

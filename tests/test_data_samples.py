@@ -62,3 +62,12 @@ def test_animate_scales_up_small_photos():
   photo = np.random.default_rng(0).integers(0, 256, (20, 30, 3)).astype(np.uint8)
   clip = samples.animate(photo, 3, (40, 80), np.random.default_rng(0))
   assert clip.shape == (3, 40, 80, 3)
+
+
+def test_a_still_camera_holds_the_first_frame_and_leaves_the_draws_alone():
+  photo = samples.sample_photos()[0]
+  moving = samples.animate(photo, 6, (48, 64), np.random.default_rng(3))
+  still = samples.animate(photo, 6, (48, 64), np.random.default_rng(3), still=True)
+  np.testing.assert_array_equal(still[0], moving[0])
+  assert all(np.array_equal(f, still[0]) for f in still)
+  assert not np.array_equal(moving[-1], moving[0])

@@ -76,7 +76,9 @@ def add_mesh(c: ml_collections.ConfigDict) -> None:
 
 def data_fields(clip_len: int, crop: int, runlocal: bool) -> dict:
   """The input pipeline's config: the embedded samples plus extra videos, or a TFDS dataset."""
-  return dict(clip_len=clip_len, crop=crop, num_photo_clips=256, worker_count=0 if runlocal else 2,
+  return dict(clip_len=clip_len, crop=crop, num_photo_clips=256,
+              still_share=0.0,  # share of photo clips with a still camera (static scenes)
+              worker_count=0 if runlocal else 2,
               videos=(),  # extra video files, read with the embedded samples
               # A TFDS dataset (array_record) to read instead, e.g. from progvc_jax.data.build.
               tfds_name="", tfds_data_dir="", tfds_split="train", tfds_video_key="video")

@@ -36,7 +36,8 @@ class ClipSource:
   Records [0, num_video_clips) are (file, start) pairs in file order, starts
   0, stride, 2 * stride, ... while a whole clip fits; the rest are
   `num_photo_clips` photo clips cycling through `photos`, each animated at
-  `photo_size` with a motion drawn from (seed, record index).
+  `photo_size` with a motion drawn from (seed, record index); a share
+  `still_share` of them, drawn apart from the motion, keep the camera still.
 
   Decoded frames: if all the videos decoded fit in `cache_bytes`, each process
   (grain worker) decodes each video once, on first use, and keeps it, which
@@ -49,11 +50,14 @@ class ClipSource:
   def __init__(self, paths: Sequence[str], clip_len: int, *, stride: int = 1,
                photos: Sequence[np.ndarray] = (), num_photo_clips: int = 0,
                photo_size: tuple[int, int] | None = None, seed: int = 0,
-               cache_bytes: int = DEFAULT_CACHE_BYTES):
+               cache_bytes: int = DEFAULT_CACHE_BYTES, still_share: float = 0.0):
     if clip_len < 1 or stride < 1:
       raise ValueError(f"clip_len and stride must be >= 1, got {clip_len}, {stride}")
     if num_photo_clips and (not photos or photo_size is None):
       raise ValueError("photo clips need photos and a photo_size")
+    if not 0.0 <= still_share <= 1.0:
+      raise ValueError(f"still_share must be in [0, 1], got {still_share}")
+    self.still_share = still_share
     self.paths = [str(p) for p in paths]
     self.infos = [video.probe(p) for p in self.paths]
     self.clip_len, self.stride, self.seed = clip_len, stride, seed
@@ -110,7 +114,8 @@ class ClipSource:
     if index >= self.num_video_clips:
       photo = self.photos[(index - self.num_video_clips) % len(self.photos)]
       rng = np.random.default_rng((self.seed, index))
-      clip = samples.animate(photo, self.clip_len, self.photo_size, rng)
+      still = bool(self.still_share) and np.random.default_rng((self.seed, index, 1)).random() < self.still_share
+      clip = samples.animate(photo, self.clip_len, self.photo_size, rng, still=still)
       return clip[:, top:top + height, left:left + width]
     file, start = self.locate(index)
     if self.cache_videos:
@@ -231,7 +236,7 @@ def make_dataset(paths: Sequence[str], *, clip_len: int, crop: tuple[int, int], 
                  num_epochs: int | None = None, stride: int = 1,
                  photos: Sequence[np.ndarray] | None = None,
                  cache_bytes: int = DEFAULT_CACHE_BYTES,
-                 read_threads: int = 2) -> BatchIterator:
+                 read_threads: int = 2, still_share: float = 0.0) -> BatchIterator:
   """An iterator of uint8 batches (batch_size, clip_len, crop_h, crop_w, 3) of this process's shard.
 
   Args:
@@ -241,6 +246,8 @@ def make_dataset(paths: Sequence[str], *, clip_len: int, crop: tuple[int, int], 
     batch_size: clips per batch of this process (global batch / shard_count).
     seed: in [0, 2**32): fixes the shuffle, the crops and the photo motions.
     num_photo_clips: animated-photo records added to the video clips.
+    still_share: the share of photo clips whose camera stays still (static
+      scenes, which real video has and panning photos lack).
     shard_index, shard_count: this process's shard; default jax.process_index()
       and jax.process_count().
     worker_count: grain worker processes (0: all in this process); the batches
@@ -270,7 +277,7 @@ def make_dataset(paths: Sequence[str], *, clip_len: int, crop: tuple[int, int], 
     photos = samples.sample_photos() if num_photo_clips else ()
   source = ClipSource(paths, clip_len, stride=stride, photos=photos,
                       num_photo_clips=num_photo_clips, photo_size=crop, seed=seed,
-                      cache_bytes=cache_bytes)
+                      cache_bytes=cache_bytes, still_share=still_share)
   # Crops are drawn before sharding, so they follow the global stream position.
   ds = _global_order(len(source), seed, num_epochs)
   ds = ds.random_map(RandomCropClip(source, crop), seed=seed)

@@ -77,13 +77,15 @@ def resample(images: np.ndarray, top: float, left: float, scale: float,
 
 
 def animate(photo: np.ndarray, num_frames: int, size: tuple[int, int],
-            rng: np.random.Generator) -> np.ndarray:
+            rng: np.random.Generator, still: bool = False) -> np.ndarray:
   """A clip (T, h, w, 3) uint8 of a virtual camera panning and zooming smoothly across a photo.
 
   The zoom gives 0.8 to 1.25 photo pixels per output pixel (less if the photo
   is too small to fill the frame) and drifts by up to 2% a frame; the pan
   moves at 1 to 6 output pixels a frame along a straight line with a random
-  ease-in or ease-out. The camera window never leaves the photo.
+  ease-in or ease-out. The camera window never leaves the photo. still: a
+  camera on a tripod, the first frame's window held for every frame (the same
+  draws from rng, so the other clips of a stream do not change).
   """
   ph, pw = photo.shape[:2]
   h, w = size
@@ -103,6 +105,8 @@ def animate(photo: np.ndarray, num_frames: int, size: tuple[int, int],
     shift = float(np.clip(step * speed * s_max * (num_frames - 1), c_lo - c_hi, c_hi - c_lo))
     c0 = rng.uniform(c_lo + max(0.0, -shift), c_hi - max(0.0, shift)) if c_hi > c_lo else c_lo
     centre.append(c0 + shift * u)
+  if still:
+    centre, pitch = [np.full(num_frames, c[0]) for c in centre], np.full(num_frames, pitch[0])
   frames = [resample(photo, cy - s * h / 2, cx - s * w / 2, s, size)
             for cy, cx, s in zip(centre[0], centre[1], pitch)]
   return np.clip(np.rint(np.stack(frames)), 0, 255).astype(np.uint8)

@@ -121,8 +121,8 @@ def make_input(config, seed: int, shard_index: int, shard_count: int, worker_cou
   return pipeline.default_dataset(
       extra_videos=tuple(config.data.videos), clip_len=config.data.clip_len,
       crop=(config.data.crop, config.data.crop), batch_size=local, seed=seed,
-      num_photo_clips=config.data.num_photo_clips, shard_index=shard_index,
-      shard_count=shard_count, worker_count=worker_count)
+      num_photo_clips=config.data.num_photo_clips, still_share=config.data.get("still_share", 0.0),
+      shard_index=shard_index, shard_count=shard_count, worker_count=worker_count)
 
 
 def make_optimizer(cfg, total_steps: int, lr: float | None = None) -> optax.GradientTransformation:
