@@ -19,7 +19,7 @@ from progvc_jax.configs import common
 
 MODELS = {
     "tiny": dict(width=256, depth=4, heads=4, mlp_ratio=4.0),
-    "default": dict(width=128, depth=2, heads=4, mlp_ratio=4.0),
+    "default": dict(width=128, depth=2, heads=4, mlp_ratio=4.0, neighbourhood=3, copy_prev=True),
     "base": dict(width=768, depth=12, heads=12, mlp_ratio=4.0),
     "large": dict(width=1024, depth=16, heads=16, mlp_ratio=4.0),
 }
@@ -45,9 +45,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   # across tiles; 1: each tile alone). copy_prev: the "same as before" path of P-frames. The
   # default model has both, trained on 256-pixel crops: on 128-pixel crops (2 x 2 tiles, all at a
   # border) they cost 19% more bits on a held-out 720p clip (README, "The default model").
-  spatial = arg.variant == "default"
-  c.model = dict(MODELS[arg.variant], context="additive", neighbourhood=3 if spatial else 1,
-                 copy_prev=spatial)
+  c.model = dict(context="additive", neighbourhood=1, copy_prev=False) | MODELS[arg.variant]
 
   common.add_mesh(c)
   # Run the Transformer's blocks as one lax.scan in the training step: compile time flat in depth,
@@ -59,7 +57,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.ema_decay = 0.99 if small else 0.999
 
   c.data = common.data_fields(arg.frames, crop, arg.runlocal)
-  if spatial:
+  if c.model.copy_prev:
     c.data.still_share = 0.25  # static scenes, where "same as before" pays
 
   common.add_loop(c, small, arg.runlocal, eval_batches=4)
