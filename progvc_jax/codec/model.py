@@ -16,6 +16,10 @@ from flax import nnx
 
 from progvc_jax.codec.bundle import Bundle, load_bundle
 from progvc_jax.models.progressive import IntegerFrameSteps
+from progvc_jax.models.quantizer import resize
+from progvc_jax.models.tokenizer import pad_to_multiple
+
+COUNT_BITS = 24  # the range coder's frequencies are out of 2^24 (models/integer.py)
 
 
 class CodecModel:
@@ -54,6 +58,25 @@ class CodecModel:
     x = frame[None].astype(jnp.float32) / 127.5 - 1.0
     return [t[0].reshape(t.shape[1], -1) for t in tok.encode(x, num_scales)]
 
+  @functools.partial(jax.jit, static_argnums=0)
+  def _latent_tiles(self, params, frame):
+    tok = nnx.merge(self._tok_def, params)
+    x = frame[None].astype(jnp.float32) / 127.5 - 1.0
+    return tok.to_tiles(tok.latent(pad_to_multiple(x, tok.pixel_tile)))
+
+  @functools.partial(jax.jit, static_argnums=(0, 1))
+  def _rd_choice(self, k, params, f, fhat, weights, rd_lambda):
+    quantizer = nnx.merge(self._tok_def, params).quantizer
+    p = self.schedule[k]
+    z = resize(f - fhat, p, "area").reshape(-1, f.shape[-1])
+    e = quantizer.codebook[...]
+    d = (jnp.sum(z * z, 1, keepdims=True) + jnp.sum(e * e, 1)
+         - 2.0 * jnp.matmul(z, e.T, precision=jax.lax.Precision.HIGHEST))
+    bits = COUNT_BITS - jnp.log2(weights.reshape(-1, weights.shape[-1]) + 1.0)
+    cost = d * (self.tile / p) ** 2 + rd_lambda * bits
+    idx = jnp.argmin(cost, axis=1).astype(jnp.int32).reshape(-1, p * p)
+    return idx, fhat + quantizer.scale_residual(k, idx.reshape(-1, p, p))
+
   @functools.partial(jax.jit, static_argnums=(0, 3, 4))
   def _pixels(self, params, fhat, height, width):
     tok = nnx.merge(self._tok_def, params)
@@ -64,6 +87,24 @@ class CodecModel:
   def tokens(self, frame: np.ndarray, num_scales: int | None = None) -> list[np.ndarray]:
     """Token maps of one uint8 frame (H, W, 3): [(tiles, p_k^2)] for the first num_scales scales."""
     return [np.asarray(t) for t in self._tokens(self._tok_params, jnp.asarray(frame), num_scales)]
+
+  def latent_tiles(self, frame: np.ndarray) -> jax.Array:
+    """The tokenizer's latent tiles (tiles, n, n, C) of one uint8 frame (H, W, 3), before quantization."""
+    return self._latent_tiles(self._tok_params, jnp.asarray(frame))
+
+  def rd_choice(self, k: int, f: jax.Array, fhat: jax.Array, weights: jax.Array,
+                rd_lambda: float) -> tuple[np.ndarray, jax.Array]:
+    """Scale k's tokens (tiles, p_k^2) chosen for distortion + rd_lambda * bits, and fhat with them added.
+
+    f: latent tiles (`latent_tiles`); fhat: the sum of the chosen scales < k
+    (zeros for k = 0); weights: the decoder's integer frequencies of scale k.
+    Each position takes the code that minimises its squared error against the
+    residual f - fhat on scale k's grid, times the latent positions it covers,
+    plus rd_lambda times its cost in bits under those frequencies. At
+    rd_lambda = 0 that is the nearest code, as the tokenizer chooses.
+    """
+    idx, fhat = self._rd_choice(k, self._tok_params, f, fhat, jnp.asarray(weights), jnp.float32(rd_lambda))
+    return np.asarray(idx), fhat
 
   def pixels(self, fhat: jax.Array, height: int, width: int) -> np.ndarray:
     """uint8 frame (H, W, 3) from the tiles' fhat (tiles, n, n, C)."""

@@ -61,9 +61,14 @@ def plan(model: CodecModel, modes: Sequence[str], kbps: Sequence[float], codecs:
 
 def run(model: CodecModel, frames: np.ndarray, fps: float, out: str, *, modes: Sequence[str] = ("none",),
         kbps: Sequence[float] = (), codecs: Sequence[str] = ("x264", "x265"), gop: int = 30, seed: int = 0,
-        use_vmaf: bool = True, lpips_path: str | None = None,
+        use_vmaf: bool = True, lpips_path: str | None = None, rd_lambda: float | None = None,
         progress: Callable[[str], None] | None = None) -> dict:
-  """Runs every point of `plan`, writes points.csv, results.json, rd_<metric>.png and strip.png to `out`."""
+  """Runs every point of `plan`, writes points.csv, results.json, rd_<metric>.png and strip.png to `out`.
+
+  rd_lambda: the encoder's rate-distortion weight (None: encoder.DEFAULT_RD_LAMBDA).
+  """
+  rd_lambda = encoder.DEFAULT_RD_LAMBDA if rd_lambda is None else float(rd_lambda)
+  enc_args = {"rd_lambda": rd_lambda}
   os.makedirs(out, exist_ok=True)
   t, height, width = frames.shape[:3]
   if use_vmaf:
@@ -74,7 +79,7 @@ def run(model: CodecModel, frames: np.ndarray, fps: float, out: str, *, modes: S
   bpp = lambda n: metrics.bits_per_pixel(n, width, height, t)  # noqa: E731
   points, decoded, all_scales = [], {}, None
   full = os.path.join(out, "progvc_all_scales.pgvc")
-  encoder.encode_file(model, iter(frames), full, fps, gop=gop)
+  encoder.encode_file(model, iter(frames), full, fps, gop=gop, **enc_args)
   for codec, mode, value in plan(model, modes, kbps, codecs):
     if progress:
       progress(f"{codec} {mode} {value}".replace("  ", " "))
@@ -94,7 +99,7 @@ def run(model: CodecModel, frames: np.ndarray, fps: float, out: str, *, modes: S
       point = Point("progvc", mode, f"K={value}", os.path.getsize(path), bpp(os.path.getsize(path)))
     elif codec == "progvc":
       path = os.path.join(out, f"progvc_{value:g}kbps.pgvc")
-      encoder.encode_file(model, iter(frames), path, fps, gop=gop, target_kbps=value)
+      encoder.encode_file(model, iter(frames), path, fps, gop=gop, target_kbps=value, **enc_args)
       with open(path, "rb") as f:
         dec = np.stack(list(decoder.decode_frames(model, f, complete=modes[0], seed=seed)))
       point = Point("progvc", "rate", f"kbps={value:g}", os.path.getsize(path), bpp(os.path.getsize(path)))
@@ -109,7 +114,7 @@ def run(model: CodecModel, frames: np.ndarray, fps: float, out: str, *, modes: S
     decoded[(point.curve, point.setting)] = dec[t // 2]
 
   results = {"frames": t, "size": [width, height], "fps": fps, "points": [asdict(p) for p in points],
-             "bd": bd_table(points)}
+             "bd": bd_table(points), "rd_lambda": rd_lambda}
   _write_csv(points, os.path.join(out, "points.csv"))
   with open(os.path.join(out, "results.json"), "w") as f:
     json.dump(results, f, indent=1)
@@ -140,8 +145,10 @@ def rates_with_scores_from(model: CodecModel, reference: CodecModel, frames: np.
   """progvc's `none` ladder of a model whose tokenizer is the reference's: real file sizes of its own
   encode and truncations, scores taken from the reference's run in `scores_from`.
 
-  With the same tokenizer the tokens, and so the frames decoded at each K, are the
-  reference's: only the context model's probabilities, the rate, differ. Checked:
+  With the same tokenizer and nearest-code tokens (rd_lambda = 0, in both runs:
+  the reference run must have used it too) the tokens, and so the frames decoded
+  at each K, are the reference's: only the context model's probabilities, the
+  rate, differ. Checked:
   the tokenizers' weights are equal, and every chunk's token checksum matches the
   reference run's stream. Saves the decodes and metrics (most of a run at 720p).
   """
@@ -151,10 +158,17 @@ def rates_with_scores_from(model: CodecModel, reference: CodecModel, frames: np.
   ref_points = os.path.join(scores_from, "points.csv")
   if not (os.path.isfile(ref_stream) and os.path.isfile(ref_points)):
     raise ValueError(f"{scores_from} is not an eval_rd output folder (no progvc_all_scales.pgvc or points.csv)")
+  ref_results = os.path.join(scores_from, "results.json")
+  if os.path.isfile(ref_results):
+    with open(ref_results) as f:
+      ref_lambda = json.load(f).get("rd_lambda", 0.0)  # runs older than the option chose the nearest codes
+    if ref_lambda != 0:
+      raise ValueError(f"{scores_from} was encoded with rd_lambda {ref_lambda}, whose tokens depend on the "
+                       f"context model: scores can be shared only from a run with --rd_lambda 0")
   os.makedirs(out, exist_ok=True)
   t, height, width = frames.shape[:3]
   full = os.path.join(out, "progvc_all_scales.pgvc")
-  encoder.encode_file(model, iter(frames), full, fps, gop=gop)
+  encoder.encode_file(model, iter(frames), full, fps, gop=gop, rd_lambda=0.0)
   if chunk_checksums(full) != chunk_checksums(ref_stream):
     raise ValueError(f"the tokens differ from those of {ref_stream} (other frames or GOP?)")
   with open(ref_points, newline="") as f:
@@ -171,7 +185,7 @@ def rates_with_scores_from(model: CodecModel, reference: CodecModel, frames: np.
     points.append(Point("progvc", "none", f"K={k}", size, metrics.bits_per_pixel(size, width, height, t),
                         {m: float(row[m]) for m in METRICS if row.get(m)}))
   results = {"frames": t, "size": [width, height], "fps": fps, "points": [asdict(p) for p in points],
-             "bd": [], "scores_from": os.path.abspath(scores_from)}
+             "bd": [], "scores_from": os.path.abspath(scores_from), "rd_lambda": 0.0}
   _write_csv(points, os.path.join(out, "points.csv"))
   with open(os.path.join(out, "results.json"), "w") as f:
     json.dump(results, f, indent=1)

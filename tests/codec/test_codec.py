@@ -17,7 +17,7 @@ from progvc_jax.codec import bitstream, decoder, encoder
 from progvc_jax.codec.model import CodecModel
 from progvc_jax.data import samples, video
 from progvc_jax.models.tokenizer import Tokenizer
-from progvc_jax.models.transformer import ContextModel
+from progvc_jax.models.transformer import I_FRAME, P_FRAME, ContextModel
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 TOKENIZER = dict(ch=8, ch_mult=(1, 2), num_res_blocks=1, z_channels=8, using_sa=False, using_mid_sa=True,
@@ -128,7 +128,7 @@ def test_export_refuses_what_the_integer_path_lacks(tmp_path):
 @pytest.mark.slow
 def test_round_trip_at_every_scale_count(model, clip):
   for k in range(1, model.num_scales + 1):
-    data = encoder.encode(clip, model, fps=30, scales=k, gop=2)
+    data = encoder.encode(clip, model, fps=30, scales=k, gop=2, rd_lambda=0.0)  # the nearest codes
     decoded = list(decoder.decode_tokens(model, io.BytesIO(data), complete="none"))
     assert len(decoded) == FRAMES
     for frame, (_, tokens, fhat) in zip(clip, decoded):
@@ -142,6 +142,37 @@ def test_round_trip_at_every_scale_count(model, clip):
       ref = np.clip(np.round((np.asarray(ref[0]) + 1) * 127.5), 0, 255)
       out = model.pixels(fhat, *frame.shape[:2]).astype(np.float64)
       assert np.abs(out - ref).max() <= 1 and np.mean(out != ref) < 1e-3
+
+
+@pytest.mark.slow
+def test_rate_distortion_choice_spends_fewer_bits_and_decodes_to_the_chosen_tokens(model, clip):
+  """rd_lambda > 0 trades distortion for bits under the decoder's own probabilities: the higher it is, the
+  smaller the stream and the further its frames from the nearest codes', and the decoder recovers
+  exactly the tokens the encoder chose (it needs no change)."""
+  sizes, errors = [], []
+  for lam in (0.0, 2.0, 1e4):
+    chosen, prev = [], None
+    for i, frame in enumerate(clip):
+      kind = I_FRAME if i % 2 == 0 else P_FRAME
+      coded, prev, _ = encoder.code_frame(model, frame, kind, None if kind == I_FRAME else prev,
+                                          model.num_scales, lam)
+      chosen.append([np.asarray(c["tokens"]) for c in prev])
+    data = encoder.encode(clip, model, fps=30, gop=2, rd_lambda=lam)
+    sizes.append(len(data))
+    decoded = list(decoder.decode_tokens(model, io.BytesIO(data), complete="none"))
+    for (_, tokens, _), sent in zip(decoded, chosen):
+      for a, b in zip(tokens, sent):
+        np.testing.assert_array_equal(a, b)
+    frames = decoder.decode(data, model, complete="none")
+    errors.append(float(np.mean((frames.astype(np.float64) - clip) ** 2)))
+    if lam == 0.0:
+      nearest = [model.tokens(frame) for frame in clip]
+      assert all((a == b).all() for n, s in zip(nearest, chosen) for a, b in zip(n, s))
+    else:
+      assert any((a != b).any() for n, s in zip(nearest, chosen) for a, b in zip(n, s))
+  assert sizes[0] > sizes[1] > sizes[2], sizes
+  assert sizes[2] < 0.9 * sizes[0], sizes  # 17% smaller measured (this untrained model is near uniform)
+  assert errors[0] < errors[2], errors
 
 
 def test_truncation_equals_encoding_fewer_scales(model, clip, full_stream):
@@ -248,7 +279,7 @@ def test_command_line_encode_truncate_decode_info(cli_runs):
 
 
 @pytest.mark.parametrize("case", ["truncated", "flipped", "magic", "version", "no_bundle", "corrupt_bundle",
-                                  "bad_video", "empty_video", "other_model"])
+                                  "bad_video", "empty_video", "other_model", "bad_rd_lambda"])
 @pytest.mark.slow
 def test_bad_input_gives_one_line_error_and_no_output(case, cli_runs, model_path, tmp_path):
   d, _ = cli_runs
@@ -291,6 +322,9 @@ def test_bad_input_gives_one_line_error_and_no_output(case, cli_runs, model_path
     src.write_bytes(b"YUV4MPEG2 W176 H144 F30:1 Ip A1:1 C420jpeg\n")
     args = ("encode", src, tmp_path / "out.pgvc", "--model", model)
     out = tmp_path / "out.pgvc"
+  elif case == "bad_rd_lambda":
+    out = tmp_path / "out.pgvc"
+    args = ("encode", d / "clip.y4m", out, "--model", model, "--rd-lambda", "-1")
   run = progvc(*(args or ("decode", stream, out, "--model", model, "--complete", "none")))
   assert run.returncode != 0
   lines = run.stderr.strip().splitlines()

@@ -27,7 +27,7 @@ def run(tmp_path_factory):
   out = d / "out"
   proc = subprocess.run([sys.executable, os.path.join(ROOT, "tools", "eval_rd.py"), "--model", str(d / "m.pgvcm"),
                          "--video", str(clip), "--out", str(out), "--frames", "3", "--gop", "2",
-                         "--modes", "none,sample", "--kbps", "40"],
+                         "--modes", "none,sample", "--kbps", "40", "--rd_lambda", "0"],
                         capture_output=True, text=True, cwd=ROOT, timeout=900)
   return proc, out, d, clip
 
@@ -106,6 +106,18 @@ def test_a_model_with_the_same_tokenizer_takes_the_scores_and_measures_its_own_r
   for r in rows:
     assert int(r["bytes"]) == os.path.getsize(tmp_path / "new" / f"progvc_K{r['setting'][2:]}.pgvc")
     assert r["ms_ssim"] == ref[r["setting"]]["ms_ssim"] and r["bytes"] != ref[r["setting"]]["bytes"]
+  # A reference encoded with rd_lambda > 0 is refused: its tokens depend on its context model.
+  chosen = tmp_path / "chosen"
+  os.makedirs(chosen)
+  for name in ("points.csv", "progvc_all_scales.pgvc"):
+    (chosen / name).write_bytes((out / name).read_bytes())
+  results = json.loads((out / "results.json").read_text())
+  assert results["rd_lambda"] == 0
+  (chosen / "results.json").write_text(json.dumps(dict(results, rd_lambda=0.4)))
+  bad = subprocess.run([*args[:-4], "--scores_from", str(chosen), "--scores_model", str(d / "m.pgvcm"),
+                        "--model", str(tmp_path / "new.pgvcm"), "--out", str(tmp_path / "bad0")],
+                       capture_output=True, text=True, cwd=ROOT, timeout=900)
+  assert bad.returncode == 1 and "--rd_lambda 0" in bad.stderr.strip().splitlines()[-1]
   # Another tokenizer (seed 5's) is refused: its frames would differ.
   export.export(str(tmp_path / "tok"), other_ctx, str(tmp_path / "other.pgvcm"), calibration_batches=1)
   bad = subprocess.run(args + ["--model", str(tmp_path / "other.pgvcm"), "--out", str(tmp_path / "bad")],
