@@ -28,9 +28,10 @@ from progvc_jax.codec.model import CodecModel
 from progvc_jax.models.transformer import I_FRAME, P_FRAME
 
 DEFAULT_GOP = 30
-# The default rate-distortion weight of token choice (code_frame): the best BD-rate of 0.1 to 1.6 on
-# carphone and bikes at 16 frames with the shipped model (README, "Choosing tokens for rate").
-DEFAULT_RD_LAMBDA = 0.4
+# The default rate-distortion weight of token choice (code_frame, CodecModel.rd_choice): about the
+# best BD-rate at equal MS-SSIM of 0.02 to 0.2 on carphone and bikes (16 frames, the shipped model,
+# against the nearest codes; README, "The default model").
+DEFAULT_RD_LAMBDA = 0.07
 
 
 def _frames_checked(frames: Iterable[np.ndarray]) -> Iterator[np.ndarray]:

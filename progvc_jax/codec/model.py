@@ -73,7 +73,7 @@ class CodecModel:
     d = (jnp.sum(z * z, 1, keepdims=True) + jnp.sum(e * e, 1)
          - 2.0 * jnp.matmul(z, e.T, precision=jax.lax.Precision.HIGHEST))
     bits = COUNT_BITS - jnp.log2(weights.reshape(-1, weights.shape[-1]) + 1.0)
-    cost = d * (self.tile / p) ** 2 + rd_lambda * bits
+    cost = d + rd_lambda * bits
     idx = jnp.argmin(cost, axis=1).astype(jnp.int32).reshape(-1, p * p)
     return idx, fhat + quantizer.scale_residual(k, idx.reshape(-1, p, p))
 
@@ -99,9 +99,12 @@ class CodecModel:
     f: latent tiles (`latent_tiles`); fhat: the sum of the chosen scales < k
     (zeros for k = 0); weights: the decoder's integer frequencies of scale k.
     Each position takes the code that minimises its squared error against the
-    residual f - fhat on scale k's grid, times the latent positions it covers,
-    plus rd_lambda times its cost in bits under those frequencies. At
-    rd_lambda = 0 that is the nearest code, as the tokenizer chooses.
+    residual f - fhat on scale k's grid plus rd_lambda times its cost in bits
+    under those frequencies. At rd_lambda = 0 that is the nearest code, as the
+    tokenizer chooses. The error is not weighted by the latent positions a
+    coarse token covers: the finer scales correct it, and on carphone and
+    bikes that weighting (or its square root) gave a worse BD-rate at its best
+    rd_lambda (README, "The default model").
     """
     idx, fhat = self._rd_choice(k, self._tok_params, f, fhat, jnp.asarray(weights), jnp.float32(rd_lambda))
     return np.asarray(idx), fhat

@@ -54,7 +54,7 @@ def test_quality_rises_with_each_scale_kept(shipped, clip):
     psnrs.append(metrics.psnr_rgb(clip, frames))
   assert sizes == sorted(sizes) and len(set(sizes)) == len(sizes), sizes
   assert all(b > a + 0.3 for a, b in zip(psnrs, psnrs[1:])), psnrs
-  assert psnrs[-1] > 20.0, psnrs  # 20.6 dB measured (20.9 with --rd-lambda 0); an untrained model gives about 10
+  assert psnrs[-1] > 20.0, psnrs  # 20.8 dB measured (20.9 with --rd-lambda 0); an untrained model gives about 10
 
 
 @pytest.mark.slow
@@ -64,9 +64,9 @@ def test_the_default_token_choice_saves_bits_for_a_little_quality(clip):
   chosen = codec.encode(clip, gop=FRAMES)
   psnr = [metrics.psnr_rgb(clip, codec.decode(d, complete="none")) for d in (nearest, chosen)]
   ssim = [metrics.ms_ssim(clip, codec.decode(d, complete="none")) for d in (nearest, chosen)]
-  # Measured: 846 against 1974 bytes, 20.62 against 20.90 dB, MS-SSIM 0.820 against 0.837.
-  assert len(chosen) < 0.6 * len(nearest), (len(chosen), len(nearest))
-  assert psnr[1] > psnr[0] - 0.5 and ssim[1] > ssim[0] - 0.03, (psnr, ssim)
+  # Measured: 1199 against 1974 bytes, 20.83 against 20.90 dB, MS-SSIM 0.833 against 0.837.
+  assert len(chosen) < 0.7 * len(nearest), (len(chosen), len(nearest))
+  assert psnr[1] > psnr[0] - 0.3 and ssim[1] > ssim[0] - 0.015, (psnr, ssim)
 
 
 def _truncated(data: bytes, scales: int) -> bytes:

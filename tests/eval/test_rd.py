@@ -123,3 +123,23 @@ def test_a_model_with_the_same_tokenizer_takes_the_scores_and_measures_its_own_r
   bad = subprocess.run(args + ["--model", str(tmp_path / "other.pgvcm"), "--out", str(tmp_path / "bad")],
                        capture_output=True, text=True, cwd=ROOT, timeout=900)
   assert bad.returncode == 1 and "hold different tokenizers" in bad.stderr.strip().splitlines()[-1]
+
+
+def test_the_rd_lambda_sweep_reports_bits_and_bd_rate_against_the_nearest_codes(run, tmp_path):
+  _, _, d, clip = run
+  out = tmp_path / "sweep.json"
+  proc = subprocess.run([sys.executable, os.path.join(ROOT, "tools", "sweep_rd_lambda.py"), "--model",
+                         str(d / "m.pgvcm"), "--videos", str(clip), "--frames", "3", "--gop", "2",
+                         "--lambdas", "10000", "--json", str(out)], capture_output=True, text=True, cwd=ROOT,
+                        timeout=900)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  rows = json.loads(out.read_text())["clips"][str(clip)]
+  assert [r["rd_lambda"] for r in rows] == [0.0, 10000.0]
+  assert rows[0]["bd_rate_ms_ssim"] == pytest.approx(0.0, abs=1e-9)
+  nearest, chosen = rows[0]["points"], rows[1]["points"]
+  assert [p["K"] for p in chosen] == [1, 2, 3, 4]
+  assert chosen[-1]["bpp"] < nearest[-1]["bpp"] and chosen[-1]["psnr_rgb"] < nearest[-1]["psnr_rgb"]
+  assert "lambda 10000" in proc.stdout and "P/I" in proc.stdout
+  bad = subprocess.run([sys.executable, os.path.join(ROOT, "tools", "sweep_rd_lambda.py"), "--lambdas", "-1"],
+                       capture_output=True, text=True, cwd=ROOT, timeout=300)
+  assert bad.returncode == 1 and bad.stderr.strip().splitlines()[-1].startswith("sweep_rd_lambda: ")
