@@ -57,13 +57,12 @@ def code_frame(model: CodecModel, frame: np.ndarray, kind: int, prev, scales: in
   where they are almost as close as the nearest code. The decoder is the same.
   Returns (Frame, this frame's context for the next, cross-entropy bits of each scale).
   """
-  n_tiles = int(np.prod(model.tile_grid(*frame.shape[:2])))
+  grid = model.tile_grid(*frame.shape[:2])
   if rd_lambda > 0:
     f = model.latent_tiles(frame)
     state = {"fhat": np.zeros(f.shape, np.float32)}
   else:
     tokens = model.tokens(frame, scales)
-  grid = model.tile_grid(*frame.shape[:2])
   chunks, bits = [], []
 
   def choose(k, weights):
@@ -77,7 +76,7 @@ def code_frame(model: CodecModel, frame: np.ndarray, kind: int, prev, scales: in
     bits.append(entropy.cross_entropy_bits(sym, weights))
     return chosen
 
-  _, ctx, _ = model.steps.run(n_tiles, kind, prev, choose, scales=scales, grid=grid)
+  _, ctx, _ = model.steps.run(grid[0] * grid[1], kind, prev, choose, scales=scales, grid=grid)
   return bitstream.Frame(kind, chunks), ctx, bits
 
 
