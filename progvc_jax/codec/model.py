@@ -17,9 +17,13 @@ from flax import nnx
 from progvc_jax.codec.bundle import Bundle, load_bundle
 from progvc_jax.models.progressive import IntegerFrameSteps
 from progvc_jax.models.quantizer import resize
-from progvc_jax.models.tokenizer import pad_to_multiple
 
 COUNT_BITS = 24  # the range coder's frequencies are out of 2^24 (models/integer.py)
+
+
+def _unit(frame: jax.Array) -> jax.Array:
+  """One uint8 frame (H, W, 3) as a batch of one in [-1, 1]."""
+  return frame[None].astype(jnp.float32) / 127.5 - 1.0
 
 
 class CodecModel:
@@ -55,23 +59,17 @@ class CodecModel:
   @functools.partial(jax.jit, static_argnums=(0, 3))
   def _tokens(self, params, frame, num_scales):
     tok = nnx.merge(self._tok_def, params)
-    x = frame[None].astype(jnp.float32) / 127.5 - 1.0
-    return [t[0].reshape(t.shape[1], -1) for t in tok.encode(x, num_scales)]
+    return [t[0].reshape(t.shape[1], -1) for t in tok.encode(_unit(frame), num_scales)]
 
   @functools.partial(jax.jit, static_argnums=0)
   def _latent_tiles(self, params, frame):
-    tok = nnx.merge(self._tok_def, params)
-    x = frame[None].astype(jnp.float32) / 127.5 - 1.0
-    return tok.to_tiles(tok.latent(pad_to_multiple(x, tok.pixel_tile)))
+    return nnx.merge(self._tok_def, params).latent_tiles(_unit(frame))
 
   @functools.partial(jax.jit, static_argnums=(0, 1))
   def _rd_choice(self, k, params, f, fhat, weights, rd_lambda):
     quantizer = nnx.merge(self._tok_def, params).quantizer
     p = self.schedule[k]
-    z = resize(f - fhat, p, "area").reshape(-1, f.shape[-1])
-    e = quantizer.codebook[...]
-    d = (jnp.sum(z * z, 1, keepdims=True) + jnp.sum(e * e, 1)
-         - 2.0 * jnp.matmul(z, e.T, precision=jax.lax.Precision.HIGHEST))
+    d = quantizer.distances(resize(f - fhat, p, "area"))
     bits = COUNT_BITS - jnp.log2(weights.reshape(-1, weights.shape[-1]) + 1.0)
     cost = d + rd_lambda * bits
     idx = jnp.argmin(cost, axis=1).astype(jnp.int32).reshape(-1, p * p)

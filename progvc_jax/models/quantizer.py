@@ -140,13 +140,16 @@ class MultiScaleQuantizer(nnx.Module):
   def num_scales(self) -> int:
     return len(self.schedule)
 
-  def nearest(self, z: jax.Array) -> jax.Array:
-    """Index of the nearest code (squared L2) for vectors z (..., C)."""
+  def distances(self, z: jax.Array) -> jax.Array:
+    """Squared L2 distances (M, V) of vectors z (..., C), flattened to M rows, to every code."""
     e = self.codebook[...]
     flat = z.reshape(-1, z.shape[-1])
-    d = (jnp.sum(flat * flat, 1, keepdims=True) + jnp.sum(e * e, 1)
-         - 2.0 * jnp.matmul(flat, e.T, precision=HIGHEST))
-    return jnp.argmin(d, axis=1).astype(jnp.int32).reshape(z.shape[:-1])
+    return (jnp.sum(flat * flat, 1, keepdims=True) + jnp.sum(e * e, 1)
+            - 2.0 * jnp.matmul(flat, e.T, precision=HIGHEST))
+
+  def nearest(self, z: jax.Array) -> jax.Array:
+    """Index of the nearest code (squared L2) for vectors z (..., C)."""
+    return jnp.argmin(self.distances(z), axis=1).astype(jnp.int32).reshape(z.shape[:-1])
 
   def scale_residual(self, k: int, idx: jax.Array) -> jax.Array:
     """The contribution of scale k (0-based) to fhat, from its tokens (N, p, p)."""

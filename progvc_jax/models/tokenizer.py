@@ -257,11 +257,14 @@ class Tokenizer(nnx.Module):
     return f.reshape(-1, rows * n, cols * n, c)
 
   # Frames <-> tokens.
+  def latent_tiles(self, x: jax.Array) -> jax.Array:
+    """The latent tiles (B * T, n, n, C) of frames x (B, H, W, 3) of any size, before quantization."""
+    return self.to_tiles(self.latent(pad_to_multiple(x, self.pixel_tile)))
+
   def encode(self, x: jax.Array, num_scales: int | None = None) -> list[jax.Array]:
     """Token maps [(B, T, p_k, p_k)] of frames x (B, H, W, 3) of any size; T tiles a frame."""
     b = x.shape[0]
-    f = self.latent(pad_to_multiple(x, self.pixel_tile))
-    tokens = self.quantizer.encode(self.to_tiles(f), num_scales)
+    tokens = self.quantizer.encode(self.latent_tiles(x), num_scales)
     return [t.reshape(b, -1, *t.shape[1:]) for t in tokens]
 
   def decode(self, tokens: Sequence[jax.Array], height: int, width: int) -> jax.Array:
