@@ -39,8 +39,9 @@ flags.DEFINE_list("anchors", ["x264", "x265"], "Anchor codecs: x264, x265, svtav
 flags.DEFINE_integer("seed", 0, "Seed of sample completion.")
 flags.DEFINE_string("lpips", None, "LPIPS weights (.npz) to also score LPIPS.")
 flags.DEFINE_bool("vmaf", True, "Score VMAF (needs an ffmpeg with libvmaf).")
-flags.DEFINE_float("rd_lambda", None, "Weight of bits against distortion in progvc's token choice "
-                   "(default: the encoder's; 0: the nearest codes).")
+flags.DEFINE_float("rd_lambda", None, "Weight of bits against distortion in progvc's token choice on "
+                   "I-frames (default: the encoder's; 0: the nearest codes).")
+flags.DEFINE_float("p_lambda_scale", None, "P-frames' weight over --rd_lambda (default: the encoder's).")
 flags.DEFINE_string("scores_from", None, "An earlier run's folder of a model with the same tokenizer: only "
                     "encode and measure sizes, and take the scores from there (--scores_model names its model).")
 flags.DEFINE_string("scores_model", None, "The bundle the --scores_from run used.")
@@ -80,7 +81,8 @@ def main(argv):
         bar.update(1)
       results = rd.run(model, frames, info.fps or 25.0, FLAGS.out, modes=FLAGS.modes, kbps=kbps,
                        codecs=FLAGS.anchors, gop=FLAGS.gop, seed=FLAGS.seed, use_vmaf=FLAGS.vmaf,
-                       lpips_path=FLAGS.lpips, rd_lambda=FLAGS.rd_lambda, progress=step)
+                       lpips_path=FLAGS.lpips, rd_lambda=FLAGS.rd_lambda,
+                       p_lambda_scale=FLAGS.p_lambda_scale, progress=step)
   except (ValueError, OSError, RuntimeError) as e:
     sys.exit(f"eval_rd: {e}")
   print(f"{len(results['points'])} points on {results['frames']} frames {results['size'][0]}x{results['size'][1]} "

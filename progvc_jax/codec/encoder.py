@@ -28,10 +28,13 @@ from progvc_jax.codec.model import CodecModel
 from progvc_jax.models.transformer import I_FRAME, P_FRAME
 
 DEFAULT_GOP = 30
-# The default rate-distortion weight of token choice (code_frame, CodecModel.rd_choice): about the
-# best BD-rate at equal MS-SSIM of 0.02 to 0.2 on carphone and bikes (16 frames, the shipped model,
-# against the nearest codes; README, "The default model").
-DEFAULT_RD_LAMBDA = 0.07
+# The default rate-distortion weight of token choice (code_frame, CodecModel.rd_choice) on I-frames,
+# and the factor P-frames multiply it by: about the best BD-rate at equal MS-SSIM on carphone and bikes
+# (the shipped model, against the nearest codes; README, "The default model"). P-frames take a larger
+# weight because their tokens are cheap where they repeat the previous frame, and an I-frame's
+# quality is inherited by the P-frames that follow it.
+DEFAULT_RD_LAMBDA = 0.05
+DEFAULT_P_LAMBDA_SCALE = 2.0
 
 
 def _frames_checked(frames: Iterable[np.ndarray]) -> Iterator[np.ndarray]:
@@ -89,7 +92,10 @@ class Encoder:
 
   def __init__(self, model: CodecModel, f, height: int, width: int, fps: float | fractions.Fraction, *,
                scales: int | None = None, target_kbps: float | None = None, gop: int = DEFAULT_GOP,
-               frame_count: int = 0, rd_lambda: float = DEFAULT_RD_LAMBDA):
+               frame_count: int = 0, rd_lambda: float = DEFAULT_RD_LAMBDA,
+               p_lambda_scale: float = DEFAULT_P_LAMBDA_SCALE):
+    """rd_lambda: the token choice's weight of bits on I-frames (0: the nearest codes); P-frames use
+    rd_lambda * p_lambda_scale."""
     if scales is not None and target_kbps is not None:
       raise ValueError("give either scales or target_kbps, not both")
     k = model.num_scales
@@ -99,12 +105,15 @@ class Encoder:
       raise ValueError(f"target_kbps must be positive, got {target_kbps}")
     if not 0 <= rd_lambda < float("inf"):
       raise ValueError(f"rd_lambda must be a finite number >= 0, got {rd_lambda}")
+    if not 0 <= p_lambda_scale < float("inf"):
+      raise ValueError(f"p_lambda_scale must be a finite number >= 0, got {p_lambda_scale}")
     if gop < 1:
       raise ValueError(f"gop must be at least 1, got {gop}")
     rate = fractions.Fraction(fps).limit_denominator(1001)
     if rate <= 0:
       raise ValueError(f"fps must be positive, got {fps}")
-    self.model, self.gop, self.rate, self.rd_lambda = model, gop, rate, float(rd_lambda)
+    self.model, self.gop, self.rate = model, gop, rate
+    self.rd_lambda = {I_FRAME: float(rd_lambda), P_FRAME: float(rd_lambda) * float(p_lambda_scale)}
     self.scales = k if scales is None else scales
     self.budget = None if target_kbps is None else target_kbps * 1000 / 8 * gop / float(rate)
     header = bitstream.Header(width=width, height=height, fps_num=rate.numerator, fps_den=rate.denominator,
@@ -123,7 +132,7 @@ class Encoder:
     if kind == I_FRAME:
       self._flush_gop()
     full = self.model.num_scales if self.budget is not None else self.scales
-    coded, self.prev, bits = code_frame(self.model, frame, kind, self.prev, full, self.rd_lambda)
+    coded, self.prev, bits = code_frame(self.model, frame, kind, self.prev, full, self.rd_lambda[kind])
     self.pending.append((coded, bits))
     self.count += 1
     if self.budget is None:

@@ -62,13 +62,15 @@ def plan(model: CodecModel, modes: Sequence[str], kbps: Sequence[float], codecs:
 def run(model: CodecModel, frames: np.ndarray, fps: float, out: str, *, modes: Sequence[str] = ("none",),
         kbps: Sequence[float] = (), codecs: Sequence[str] = ("x264", "x265"), gop: int = 30, seed: int = 0,
         use_vmaf: bool = True, lpips_path: str | None = None, rd_lambda: float | None = None,
-        progress: Callable[[str], None] | None = None) -> dict:
+        p_lambda_scale: float | None = None, progress: Callable[[str], None] | None = None) -> dict:
   """Runs every point of `plan`, writes points.csv, results.json, rd_<metric>.png and strip.png to `out`.
 
-  rd_lambda: the encoder's rate-distortion weight (None: encoder.DEFAULT_RD_LAMBDA).
+  rd_lambda: the encoder's rate-distortion weight on I-frames (None: encoder.DEFAULT_RD_LAMBDA);
+  p_lambda_scale: P-frames' weight over it (None: encoder.DEFAULT_P_LAMBDA_SCALE).
   """
   rd_lambda = encoder.DEFAULT_RD_LAMBDA if rd_lambda is None else float(rd_lambda)
-  enc_args = {"rd_lambda": rd_lambda}
+  p_lambda_scale = encoder.DEFAULT_P_LAMBDA_SCALE if p_lambda_scale is None else float(p_lambda_scale)
+  enc_args = {"rd_lambda": rd_lambda, "p_lambda_scale": p_lambda_scale}
   os.makedirs(out, exist_ok=True)
   t, height, width = frames.shape[:3]
   if use_vmaf:
@@ -114,7 +116,7 @@ def run(model: CodecModel, frames: np.ndarray, fps: float, out: str, *, modes: S
     decoded[(point.curve, point.setting)] = dec[t // 2]
 
   results = {"frames": t, "size": [width, height], "fps": fps, "points": [asdict(p) for p in points],
-             "bd": bd_table(points), "rd_lambda": rd_lambda}
+             "bd": bd_table(points), "rd_lambda": rd_lambda, "p_lambda_scale": p_lambda_scale}
   _write_csv(points, os.path.join(out, "points.csv"))
   with open(os.path.join(out, "results.json"), "w") as f:
     json.dump(results, f, indent=1)

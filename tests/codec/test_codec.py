@@ -148,14 +148,17 @@ def test_round_trip_at_every_scale_count(model, clip):
 def test_rate_distortion_choice_spends_fewer_bits_and_decodes_to_the_chosen_tokens(model, clip):
   """rd_lambda > 0 trades distortion for bits under the decoder's own probabilities: the higher it is, the
   smaller the stream and the further its frames from the nearest codes', and the decoder recovers
-  exactly the tokens the encoder chose (it needs no change)."""
+  exactly the tokens the encoder chose (it needs no change). P-frames use rd_lambda times the
+  encoder's p_lambda_scale."""
+  scale = encoder.DEFAULT_P_LAMBDA_SCALE
+  assert scale != 1
   sizes, errors = [], []
   for lam in (0.0, 2.0, 1e4):
     chosen, prev = [], None
     for i, frame in enumerate(clip):
       kind = I_FRAME if i % 2 == 0 else P_FRAME
       coded, prev, _ = encoder.code_frame(model, frame, kind, None if kind == I_FRAME else prev,
-                                          model.num_scales, lam)
+                                          model.num_scales, lam if kind == I_FRAME else lam * scale)
       chosen.append([np.asarray(c["tokens"]) for c in prev])
     data = encoder.encode(clip, model, fps=30, gop=2, rd_lambda=lam)
     sizes.append(len(data))
@@ -173,6 +176,26 @@ def test_rate_distortion_choice_spends_fewer_bits_and_decodes_to_the_chosen_toke
   assert sizes[0] > sizes[1] > sizes[2], sizes
   assert sizes[2] < 0.9 * sizes[0], sizes  # 17% smaller measured (this untrained model is near uniform)
   assert errors[0] < errors[2], errors
+
+
+@pytest.mark.slow
+def test_p_frames_take_their_own_rate_distortion_weight(model, clip):
+  """p_lambda_scale changes only the P-frames' choice: at 0 they take the nearest codes while the
+  I-frames keep theirs."""
+  def tokens(data):
+    return [[np.asarray(t) for t in tok] for _, tok, _ in decoder.decode_tokens(model, io.BytesIO(data),
+                                                                                 complete="none")]
+  mixed = tokens(encoder.encode(clip, model, fps=30, gop=2, rd_lambda=2.0, p_lambda_scale=0.0))
+  chosen = tokens(encoder.encode(clip, model, fps=30, gop=2, rd_lambda=2.0))
+  nearest = [model.tokens(frame) for frame in clip]
+  for i, (m, c, n) in enumerate(zip(mixed, chosen, nearest)):
+    if i % 2 == 0:  # I-frames: the same choice either way
+      assert all((a == b).all() for a, b in zip(m, c))
+    else:
+      assert all((a == b).all() for a, b in zip(m, n))
+      assert any((a != b).any() for a, b in zip(c, n))
+  with pytest.raises(ValueError, match="p_lambda_scale must be"):
+    encoder.encode(clip, model, fps=30, p_lambda_scale=-1.0)
 
 
 def test_truncation_equals_encoding_fewer_scales(model, clip, full_stream):
