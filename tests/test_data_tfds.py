@@ -93,6 +93,24 @@ def test_clips_encode_each_frame_once(videos):
 
 
 @pytest.mark.slow
+def test_the_readme_command_builds_with_the_default_clip_settings(videos, tmp_path):
+  """`python -m progvc_jax.data.build --videos DIR --data_dir DIR`, as the README gives it: clip_len 8
+  and stride 8 are the builder's predefined config, which TFDS once refused to take again as a new
+  object. A second run reuses the dataset."""
+  for _ in range(2):
+    run = subprocess.run([sys.executable, "-m", "progvc_jax.data.build", "--videos", videos,
+                          "--data_dir", str(tmp_path)], capture_output=True, text=True, cwd=ROOT, timeout=300)
+    assert run.returncode == 0, run.stderr[-3000:]
+    name = f"{tfds_videos.DEFAULT_NAME}/clip8_stride8"
+    assert f"{name} in {tmp_path}: 16 clips" in run.stdout  # carphone: 15 starts, bikes10: 1
+  records = read_all(str(tmp_path), name)
+  assert set(records) == {("carphone.mp4", s) for s in range(0, 113, 8)} | {("sub/bikes10.mp4", 0)}
+  assert len(records[("carphone.mp4", 8)]["video"]) == 8
+  # In one process too: the same settings give the same config object.
+  assert build.build(videos, str(tmp_path)) == (name, 16)
+
+
+@pytest.mark.slow
 def test_missing_or_empty_folder(tmp_path):
   run = subprocess.run([sys.executable, "-m", "progvc_jax.data.build", "--videos",
                         str(tmp_path / "nothing"), "--data_dir", str(tmp_path / "data")],

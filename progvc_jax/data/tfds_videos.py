@@ -24,6 +24,7 @@ partway through, the clips before the failure are kept.
 
 import collections
 import dataclasses
+import functools
 import os
 import re
 from typing import Any, Callable, Iterator
@@ -56,7 +57,10 @@ class VideoClipsConfig(tfds.core.BuilderConfig):
   stride: int = 8
 
 
+@functools.cache
 def clips_config(clip_len: int, stride: int) -> VideoClipsConfig:
+  """The config of clip_len and stride: one object per pair, since TFDS refuses a config that has a
+  predefined config's name (BUILDER_CONFIGS) but is another object."""
   if clip_len < 1 or stride < 1:
     raise ValueError(f"clip_len and stride must be >= 1, got {clip_len}, {stride}")
   return VideoClipsConfig(name=f"clip{clip_len}_stride{stride}", clip_len=clip_len, stride=stride,
