@@ -19,7 +19,8 @@ ending in VIDEO_EXTENSIONS are read, subfolders included. Videos are decoded
 one at a time, streamed, one clip in memory at a time (TFDS's writer buffers
 encoded clips up to its limit, then spills to disk). A file that cannot be
 opened or decoded is logged as a warning and skipped; if decoding fails
-partway through, the clips before the failure are kept.
+partway through, the clips before the failure are kept. With beam=True the
+same records are made on Apache Beam, one element per video (beam_clips.py).
 """
 
 import collections
@@ -82,6 +83,12 @@ class VideoClips(tfds.core.GeneratorBasedBuilder, skip_registration=True):
       f"Put the video files ({', '.join(VIDEO_EXTENSIONS)}) in one folder, subfolders "
       "allowed, and pass it as the manual directory.")
 
+  def __init__(self, *, beam: bool = False, **kwargs):
+    """beam: cut the clips in an Apache Beam pipeline (beam_clips.py), run on the runner that
+    download_and_prepare's DownloadConfig names; without it, in this process."""
+    self.beam = beam
+    super().__init__(**kwargs)
+
   def _info(self) -> tfds.core.DatasetInfo:
     return tfds.core.DatasetInfo(
         builder=self,
@@ -97,21 +104,41 @@ class VideoClips(tfds.core.GeneratorBasedBuilder, skip_registration=True):
   def _split_generators(self, dl_manager: tfds.download.DownloadManager):
     return {"train": self._generate_examples(os.fspath(dl_manager.manual_dir))}
 
-  def _generate_examples(self, folder: str) -> Iterator[tuple[str, dict]]:
+  def _generate_examples(self, folder: str):
+    """The (key, example) of every clip: a generator, or with beam a Beam PTransform."""
     config = self.builder_config
     png = self.info.features["video"].feature.encode_example  # The feature's own frame encoder.
     paths = find_videos(folder)
+    if self.beam:
+      from progvc_jax.data import beam_clips
+      return beam_clips.ClipsOfVideos(folder, paths, config.clip_len, config.stride, png)
+    return self._examples_in_process(folder, paths, png)
+
+  def _examples_in_process(self, folder: str, paths: list[str], png) -> Iterator[tuple[str, dict]]:
+    config = self.builder_config
     for n, rel in enumerate(paths, 1):
       clips = 0
       try:
-        info = video.probe(os.path.join(folder, rel))
-        for start, frames in clips_of(os.path.join(folder, rel), config.clip_len, config.stride,
-                                      png):
-          yield f"{rel}@{start}", {"video": frames, "fps": info.fps, "source": rel, "start": start}
+        for key, example in video_examples(folder, rel, config.clip_len, config.stride, png):
+          yield key, example
           clips += 1
       except video.VideoError as e:
         logging.warning("broken video skipped (%d clips kept): %s", clips, e)
       logging.info("video %d/%d %s: %d clips", n, len(paths), rel, clips)
+
+  def _process_pipeline_result(self, pipeline_result) -> None:
+    from progvc_jax.data import beam_clips
+    beam_clips.report(pipeline_result)
+
+
+def video_examples(folder: str, rel: str, clip_len: int, stride: int,
+                   encode: Callable[[np.ndarray], Any]) -> Iterator[tuple[str, dict]]:
+  """(key, example) of each clip of the video folder/rel; raises video.VideoError, after the clips
+  before the failure, where the file does not open or decode."""
+  path = os.path.join(folder, rel)
+  info = video.probe(path)
+  for start, frames in clips_of(path, clip_len, stride, encode):
+    yield f"{rel}@{start}", {"video": frames, "fps": info.fps, "source": rel, "start": start}
 
 
 def clips_of(path: str, clip_len: int, stride: int,
