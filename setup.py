@@ -39,6 +39,9 @@ setup(
     extras_require={
         # The TPU compiler, for `tools/aot_compile.py --topology` (compile-only; no TPU needed) and TPU VMs.
         "tpu": ["jax[tpu]>=0.10.2,<0.11"],
+        # Dataset builds and batch encoding on Apache Beam (`--runner`). Beam 2.77 takes protobuf 6 and
+        # pyarrow 25 (pip moves them down from 7 and 26); tensorflow and tensorflow-datasets run on both.
+        "beam": ["apache-beam>=2.77,<2.78"],
         "dev": [
             "pytest>=8",
             "pytest-xdist>=3.5",

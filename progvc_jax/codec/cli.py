@@ -131,6 +131,15 @@ def cmd_info(args) -> None:
     print(f"    {i:5d} {kinds[i]} {fr.scales:2d} {b}")
 
 
+def set_environment() -> None:
+  """The codec's defaults, before jax is imported: the CPU, and a cache of compiled steps."""
+  os.environ.setdefault("JAX_PLATFORMS", "cpu")
+  os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+  # Compiled per-scale steps are kept between runs: a second run at the same size starts at once.
+  os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", os.path.join(
+      os.environ.get("XDG_CACHE_HOME", os.path.expanduser("~/.cache")), "progvc", "jax"))
+
+
 def parser() -> argparse.ArgumentParser:
   p = argparse.ArgumentParser(prog="progvc", description="progressive generative video codec")
   sub = p.add_subparsers(dest="command", required=True)
@@ -174,11 +183,7 @@ def parser() -> argparse.ArgumentParser:
 
 def main(argv=None) -> int:
   args = parser().parse_args(argv)
-  os.environ.setdefault("JAX_PLATFORMS", "cpu")
-  os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-  # Compiled per-scale steps are kept between runs: a second run at the same size starts at once.
-  os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", os.path.join(
-      os.environ.get("XDG_CACHE_HOME", os.path.expanduser("~/.cache")), "progvc", "jax"))
+  set_environment()
   from progvc_jax.codec.bitstream import StreamError
   from progvc_jax.codec.bundle import BundleError
   from progvc_jax.data.video import VideoError
