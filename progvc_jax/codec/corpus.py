@@ -123,8 +123,8 @@ class EncodeVideo(beam.DoFn if beam else object):
         row |= stream_row(output) | {"seconds": 0.0, "status": "skipped"}
       else:
         start = time.perf_counter()
-        os.makedirs(os.path.dirname(output), exist_ok=True)
         info = video.probe(source)
+        os.makedirs(os.path.dirname(output), exist_ok=True)
         encoder.encode_file(self.model, video.iter_frames(source), output, info.fps if info.fps > 0 else 25.0,
                             **self.settings)
         row |= stream_row(output) | {"seconds": round(time.perf_counter() - start, 3), "status": "encoded"}

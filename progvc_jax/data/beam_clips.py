@@ -65,7 +65,7 @@ def report(result) -> tuple[dict[str, int], list[str]]:
   """Logs the finished pipeline's counts and broken videos; returns ({counter: value}, broken names)."""
   metrics = result.metrics().query(MetricsFilter().with_namespace(NAMESPACE))
   counts = {m.key.metric.name: m.committed for m in metrics["counters"]}
-  broken = sorted(set().union(*(m.committed for m in metrics["string_sets"])))
+  broken = sorted(set().union(*(m.committed for m in metrics.get("string_sets", []))))
   logging.info("beam build: %d videos, %d clips", counts.get("videos", 0), counts.get("clips", 0))
   if broken:
     logging.warning("%d broken videos skipped: %s", counts.get("broken_videos", 0), ", ".join(broken))
