@@ -28,14 +28,14 @@ def import_beam():
 def pipeline_options(runner: str, args: list[str]):
   """Beam's PipelineOptions for `runner` and the other Beam flags in args.
 
-  The DirectRunner with several workers (--direct_num_workers N, 0 for one
-  per CPU) runs as Beam's FnApiRunner, by default with the workers as
-  processes (--direct_running_mode multi_processing): Beam's DirectRunner
-  would first try its Prism runner, downloading it from GitHub, which does
-  not take these options, and Beam's default mode runs the workers in one
-  process, one at a time, while decoding, PNG and the codec's models each
-  want a core of their own.
-  Raises ValueError for flags Beam does not know.
+  The DirectRunner runs as Beam's FnApiRunner: Beam's DirectRunner would
+  first try its Prism runner, downloading it from GitHub, which runs the
+  workers in the launching process and does not read the --direct_*
+  options. With several workers (--direct_num_workers N, 0 for
+  one per CPU) and no --direct_running_mode, the workers are processes
+  (multi_processing): Beam's default mode runs them in one process, one at a
+  time, while decoding, PNG and the codec's models each want a core of their
+  own. Raises ValueError for flags Beam does not know.
   """
   import_beam()
   from apache_beam.options import pipeline_options as beam_options
@@ -46,9 +46,9 @@ def pipeline_options(runner: str, args: list[str]):
     flags = [a.split("=")[0] for a in args if a.startswith("--")
              and a[2:].split("=")[0].replace("-", "_") in unknown]
     raise ValueError(f"unknown flags (neither this command's nor Beam's): {' '.join(flags)}")
-  direct = options.view_as(beam_options.DirectOptions)
-  if runner.lower() in ("direct", "directrunner") and direct.direct_num_workers != 1:
+  if runner.lower() in ("direct", "directrunner"):
     options.view_as(beam_options.StandardOptions).runner = "FnApiRunner"
-    if not any(a.startswith("--direct_running_mode") for a in args):
+    direct = options.view_as(beam_options.DirectOptions)
+    if direct.direct_num_workers != 1 and not any(a.startswith("--direct_running_mode") for a in args):
       direct.direct_running_mode = "multi_processing"
   return options

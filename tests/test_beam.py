@@ -168,6 +168,9 @@ def test_two_workers_are_processes_outside_prism():
   threads = beam_options.pipeline_options("DirectRunner", ["--direct_num_workers=2",
                                                            "--direct_running_mode=multi_threading"])
   assert threads.view_as(DirectOptions).direct_running_mode == "multi_threading"
+  one = beam_options.pipeline_options("DirectRunner", [])
+  assert one.view_as(StandardOptions).runner == "FnApiRunner"
+  assert one.view_as(DirectOptions).direct_running_mode == "in_memory"
   dataflow = beam_options.pipeline_options("DataflowRunner", ["--project", "p", "--region=r"])
   assert dataflow.get_all_options(drop_default=True) == {"runner": "DataflowRunner", "project": "p",
                                                          "region": "r"}
