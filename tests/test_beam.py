@@ -127,6 +127,38 @@ def test_corpus_encodes_every_video_and_reruns_skip(videos, model_path, tmp_path
 
 
 @pytest.mark.slow
+def test_corpus_and_build_read_urls(videos, model_path, capsys):
+  """Storage that tf.io.gfile reads and writes (gs:// on a cluster; here its in-memory file system): videos
+  are copied to local files to decode, outputs encoded locally and copied whole."""
+  pytest.importorskip("apache_beam")
+  import tensorflow as tf
+  from progvc_jax.codec.model import CodecModel
+  from progvc_jax.data import tfds_videos
+  gfile = tf.io.gfile
+  gfile.makedirs("ram://corpus/x")  # The in-memory file system lists by name prefix: no name starts another.
+  gfile.copy(os.path.join(videos, "a", "clip.mp4"), "ram://corpus/x/clip.mp4", overwrite=True)
+  gfile.copy(os.path.join(videos, "broken.mp4"), "ram://corpus/broken.mp4", overwrite=True)
+  assert tfds_videos.find_videos("ram://corpus") == ["broken.mp4", "x/clip.mp4"]
+  (key, example), *rest = tfds_videos.video_examples("ram://corpus", "x/clip.mp4", 6, 6, np.asarray)
+  assert key == "x/clip.mp4@0" and not rest
+  np.testing.assert_array_equal(np.stack(example["video"]), video.read_frames(os.path.join(videos, "a", "clip.mp4")))
+  with pytest.raises(video.VideoError, match=r"^ram://corpus/broken.mp4: not a video file"):
+    next(tfds_videos.video_examples("ram://corpus", "broken.mp4", 2, 2, np.asarray))
+
+  args = ["--videos", "ram://corpus", "--out", "ram://corpus_out", "--model", model_path, "--gop", "2",
+          "--rd-lambda", "0", "--runner", "DirectRunner"]  # One worker, in this process, which sees ram://.
+  for expected in ("1 encoded, 0 skipped, 1 failed", "0 encoded, 1 skipped, 1 failed"):
+    status, printed, _ = corpus_main(args, capsys)
+    assert status == 1 and expected in printed
+  with gfile.GFile("ram://corpus_out/corpus.json") as f:
+    rows = {r["video"]: r for r in json.load(f)}
+  assert rows["ram://corpus/broken.mp4"]["error"].startswith("VideoError: ram://corpus/broken.mp4: not a video")
+  assert rows["ram://corpus/x/clip.mp4"]["output"] == "ram://corpus_out/x/clip.mp4.pgvc"
+  with gfile.GFile("ram://corpus_out/x/clip.mp4.pgvc", "rb") as f:
+    assert decoder.decode(f.read(), CodecModel.load(model_path), complete="none").shape == (6, 64, 64, 3)
+
+
+@pytest.mark.slow
 def test_corpus_bad_input_is_one_line_and_writes_nothing(videos, model_path, tmp_path, capsys):
   pytest.importorskip("apache_beam")
   out = tmp_path / "out"

@@ -21,9 +21,13 @@ encoded again. (An output made by the same model with other --scales or
 `skipped` and `failed` (namespace NAMESPACE) count them.
 
 Beam's flags follow the command's own (beam_options.py); e.g. `--runner
-DirectRunner --direct_num_workers 2` on this machine. Every worker must see
-the videos and DIR at the same paths (on a cluster, a shared mount). The exit
-status is 1 when a video failed, with the table written all the same.
+DirectRunner --direct_num_workers 2` on this machine. Videos and DIR are
+local paths, which on a cluster every worker must see (a shared mount), or
+URLs that tf.io.gfile reads and writes (gs://...): each such video is copied
+to a local temporary file to decode, and each output is encoded locally and
+then copied, whole, to its URL. A glob in a URL matches within one folder
+level (no `**`). The exit status is 1 when a video failed, with the table
+written all the same.
 """
 
 import argparse
@@ -33,12 +37,14 @@ import io
 import json
 import os
 import sys
+import tempfile
 import time
 import uuid
 
 from absl import logging
 
 from progvc_jax import beam_options
+from progvc_jax.data import video
 
 try:
   import apache_beam as beam
@@ -49,29 +55,45 @@ NAMESPACE = "progvc_corpus"
 TABLE = "corpus"  # DIR/corpus.csv and DIR/corpus.json
 COLUMNS = ("video", "output", "frames", "bytes", "bpp", "seconds", "status", "error")
 STATUSES = ("encoded", "skipped", "failed")
+HEADER_BYTES = 4096  # More than any progvc header takes.
 
 
 class CorpusError(ValueError):
   """Bad input, said in one line before anything is written."""
 
 
+def _gfile():
+  import tensorflow as tf  # Deferred: only URLs need it.
+  return tf.io.gfile
+
+
+def _isdir(path: str) -> bool:
+  return _gfile().isdir(path) if video.is_url(path) else os.path.isdir(path)
+
+
+def _open(path: str, mode: str):
+  return _gfile().GFile(path, mode) if video.is_url(path) else open(path, mode)
+
+
 def find_inputs(videos: str) -> tuple[str, list[str]]:
   """(root, video paths relative to it) of a folder, a glob or one file; raises CorpusError if none."""
   from progvc_jax.data import tfds_videos
-  if os.path.isdir(videos):
+  url = video.is_url(videos)
+  if _isdir(videos):
     found = tfds_videos.find_videos(videos)
     if not found:
       raise CorpusError(f"--videos {videos}: no video files ({' '.join(tfds_videos.VIDEO_EXTENSIONS)}) "
                         "in it or its subfolders")
     return videos, found
   if not glob.has_magic(videos):
-    if not os.path.isfile(videos):
+    if not (_gfile().exists(videos) if url else os.path.isfile(videos)):
       raise CorpusError(f"--videos {videos}: no such file or folder")
     return os.path.dirname(videos) or ".", [os.path.basename(videos)]
   parts = videos.split(os.sep)
   fixed = next(i for i, part in enumerate(parts) if glob.has_magic(part))
   root = os.sep.join(parts[:fixed]) or ("." if fixed == 0 else os.sep)
-  found = sorted(os.path.relpath(p, root) for p in glob.glob(videos, recursive=True) if os.path.isfile(p))
+  matches = _gfile().glob(videos) if url else glob.glob(videos, recursive=True)
+  found = sorted(os.path.relpath(p, root) for p in matches if not _isdir(p))
   if not found:
     raise CorpusError(f"--videos {videos}: matches no files")
   return root, found
@@ -82,12 +104,17 @@ def output_path(out: str, rel: str) -> str:
   return os.path.join(out, rel + ".pgvc")
 
 
+def read_header(path: str):
+  """The header of the progvc file at path; raises StreamError if it is not one."""
+  from progvc_jax.codec import bitstream
+  with _open(path, "rb") as f:
+    return bitstream.Reader(io.BytesIO(f.read(HEADER_BYTES))).header
+
+
 def stream_row(path: str) -> dict:
   """frames, bytes and bits per pixel of the progvc file at path."""
-  from progvc_jax.codec import bitstream
-  with open(path, "rb") as f:
-    header = bitstream.Reader(f).header
-  size = os.path.getsize(path)
+  header = read_header(path)
+  size = _gfile().stat(path).length if video.is_url(path) else os.path.getsize(path)
   pixels = header.width * header.height * header.frame_count
   return {"frames": header.frame_count, "bytes": size, "bpp": round(8 * size / max(pixels, 1), 6)}
 
@@ -105,17 +132,28 @@ class EncodeVideo(beam.DoFn if beam else object):
 
   def _made_with_model(self, output: str) -> bool:
     from progvc_jax.codec import bitstream
-    if not os.path.isfile(output):
+    if not (_gfile().exists(output) if video.is_url(output) else os.path.isfile(output)):
       return False
     try:
-      with open(output, "rb") as f:
-        return bitstream.Reader(f).header.fingerprint == self.model.fingerprint
+      return read_header(output).fingerprint == self.model.fingerprint
     except bitstream.StreamError:
       return False
 
-  def process(self, job: tuple[str, str]):
+  def _encode(self, source: str, output: str) -> None:
     from progvc_jax.codec import encoder
-    from progvc_jax.data import video
+    with video.local_copy(source) as local:
+      info = video.probe(local)
+      fps = info.fps if info.fps > 0 else 25.0
+      if not video.is_url(output):
+        os.makedirs(os.path.dirname(output), exist_ok=True)
+        encoder.encode_file(self.model, video.iter_frames(local), output, fps, **self.settings)
+        return
+      with tempfile.TemporaryDirectory() as tmp:
+        encoded = os.path.join(tmp, os.path.basename(output))
+        encoder.encode_file(self.model, video.iter_frames(local), encoded, fps, **self.settings)
+        _gfile().copy(encoded, output, overwrite=True)  # Object stores write an object whole.
+
+  def process(self, job: tuple[str, str]):
     source, output = job
     row = dict.fromkeys(COLUMNS, None) | {"video": source, "output": output, "error": ""}
     try:
@@ -123,10 +161,7 @@ class EncodeVideo(beam.DoFn if beam else object):
         row |= stream_row(output) | {"seconds": 0.0, "status": "skipped"}
       else:
         start = time.perf_counter()
-        info = video.probe(source)
-        os.makedirs(os.path.dirname(output), exist_ok=True)
-        encoder.encode_file(self.model, video.iter_frames(source), output, info.fps if info.fps > 0 else 25.0,
-                            **self.settings)
+        self._encode(source, output)
         row |= stream_row(output) | {"seconds": round(time.perf_counter() - start, 3), "status": "encoded"}
     except Exception as e:  # Any video's failure is its row's, never the whole corpus's.
       row |= {"output": "", "status": "failed", "error": f"{type(e).__name__}: {e}".replace("\n", " ")}
@@ -148,9 +183,12 @@ def write_table(rows: list[dict], out: str) -> None:
   for ext, content in (("csv", text.getvalue()), ("json", json.dumps(rows, indent=1) + "\n")):
     path = os.path.join(out, f"{TABLE}.{ext}")
     tmp = os.path.join(out, f".{TABLE}.{ext}.{uuid.uuid4().hex[:8]}.partial")
-    with open(tmp, "w") as f:
+    with _open(tmp, "w") as f:
       f.write(content)
-    os.replace(tmp, path)
+    if video.is_url(out):
+      _gfile().rename(tmp, path, overwrite=True)
+    else:
+      os.replace(tmp, path)
 
 
 def encode_corpus(videos: str, out: str, pipeline_options, *, model: str | None = None,
@@ -163,14 +201,17 @@ def encode_corpus(videos: str, out: str, pipeline_options, *, model: str | None 
   from progvc_jax import codec
   from progvc_jax.codec import encoder
   root, found = find_inputs(videos)
-  if os.path.exists(out) and not os.path.isdir(out):
+  if not video.is_url(out) and os.path.exists(out) and not os.path.isdir(out):
     raise CorpusError(f"--out {out}: not a folder")
   try:  # The encoder's own checks of the settings, against the model, on a frame size of one tile.
     checked = codec.load_model(model)
     encoder.Encoder(checked, io.BytesIO(), checked.pixel_tile, checked.pixel_tile, 25.0, **settings)
   except ValueError as e:
     raise CorpusError(str(e)) from None
-  os.makedirs(out, exist_ok=True)
+  if video.is_url(out):
+    _gfile().makedirs(out)
+  else:
+    os.makedirs(out, exist_ok=True)
   model = model and os.path.abspath(model)  # Workers may run elsewhere in the file system.
   jobs = [(os.path.join(root, rel), output_path(out, rel)) for rel in found]
   pipeline = beam.Pipeline(options=pipeline_options)

@@ -23,13 +23,16 @@ import sys
 
 from absl import app, flags, logging
 from etils import epath
+import tensorflow as tf
 import tensorflow_datasets as tfds
 from tensorflow_datasets.core import constants
 
 from progvc_jax import beam_options
 from progvc_jax.data import tfds_videos
+from progvc_jax.data import video
 
-flags.DEFINE_string("videos", None, "Folder of video files (subfolders included).", required=True)
+flags.DEFINE_string("videos", None, "Folder of video files (subfolders included); a path or a URL "
+                    "(gs://...).", required=True)
 flags.DEFINE_string("data_dir", None, "TFDS data directory to write the dataset to.", required=True)
 flags.DEFINE_string("name", tfds_videos.DEFAULT_NAME, "Dataset name.")
 flags.DEFINE_integer("clip_len", 8, "Frames per clip.")
@@ -48,7 +51,7 @@ def build(videos: str, data_dir: str, *, name: str = tfds_videos.DEFAULT_NAME, c
   Raises FileNotFoundError for a missing folder or one without video files,
   ValueError for a bad name, clip_len or stride.
   """
-  if not os.path.isdir(videos):
+  if not (tf.io.gfile.isdir(videos) if video.is_url(videos) else os.path.isdir(videos)):
     raise FileNotFoundError(f"--videos {videos}: no such folder")
   if not tfds_videos.find_videos(videos):
     raise FileNotFoundError(f"--videos {videos}: no video files "

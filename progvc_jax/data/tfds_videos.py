@@ -14,8 +14,10 @@ than raw pixels (a Tensor feature); JPEG would be smaller still but would add
 its own artefacts to the frames a codec learns to reproduce. Encoded frames
 also let a reader decode only the frames it uses (see tfds_pipeline).
 
-The folder is TFDS's manual directory (DownloadConfig(manual_dir=...)); files
-ending in VIDEO_EXTENSIONS are read, subfolders included. Videos are decoded
+The folder is TFDS's manual directory (DownloadConfig(manual_dir=...)), a
+local path or a URL such as gs://... (each video is then copied to a local
+temporary file to decode); files ending in VIDEO_EXTENSIONS are read,
+subfolders included. Videos are decoded
 one at a time, streamed, one clip in memory at a time (TFDS's writer buffers
 encoded clips up to its limit, then spills to disk). A file that cannot be
 opened or decoded is logged as a warning and skipped; if decoding fails
@@ -42,9 +44,14 @@ DEFAULT_NAME = "progvc_videos"
 
 
 def find_videos(folder: str) -> list[str]:
-  """Video files under `folder`, relative to it, in a sorted (reproducible) order."""
+  """Video files under `folder` (a local path or a URL such as gs://...), relative to it, in a sorted
+  (reproducible) order."""
+  walk = os.walk
+  if video.is_url(folder):
+    import tensorflow as tf  # Deferred: only URLs need it.
+    walk = tf.io.gfile.walk
   found = []
-  for root, dirs, files in os.walk(folder):
+  for root, dirs, files in walk(folder):
     dirs[:] = [d for d in dirs if not d.startswith(".")]
     found += [os.path.relpath(os.path.join(root, f), folder) for f in files
               if not f.startswith(".") and os.path.splitext(f)[1].lower() in VIDEO_EXTENSIONS]
@@ -135,10 +142,10 @@ def video_examples(folder: str, rel: str, clip_len: int, stride: int,
                    encode: Callable[[np.ndarray], Any]) -> Iterator[tuple[str, dict]]:
   """(key, example) of each clip of the video folder/rel; raises video.VideoError, after the clips
   before the failure, where the file does not open or decode."""
-  path = os.path.join(folder, rel)
-  info = video.probe(path)
-  for start, frames in clips_of(path, clip_len, stride, encode):
-    yield f"{rel}@{start}", {"video": frames, "fps": info.fps, "source": rel, "start": start}
+  with video.local_copy(os.path.join(folder, rel)) as path:
+    info = video.probe(path)
+    for start, frames in clips_of(path, clip_len, stride, encode):
+      yield f"{rel}@{start}", {"video": frames, "fps": info.fps, "source": rel, "start": start}
 
 
 def clips_of(path: str, clip_len: int, stride: int,

@@ -28,10 +28,12 @@ timestamps to indices at the stream's frame rate (exact for constant-rate
 video, which is what codecs and datasets use).
 """
 
+import contextlib
 import dataclasses
 import fractions
 import itertools
 import os
+import tempfile
 from typing import Iterable, Iterator
 import uuid
 
@@ -170,6 +172,34 @@ def iter_frames(path: str, start: int = 0, count: int | None = None) -> Iterator
   if count is not None:
     raise VideoError(f"{path}: asked for frames {start}..{start + count - 1}, "
                      f"the video ends after frame {start + produced - 1}")
+
+
+def is_url(path: str) -> bool:
+  """Whether path names a file in storage such as gs://, which tf.io.gfile reads and PyAV does not."""
+  return "://" in path
+
+
+@contextlib.contextmanager
+def local_copy(path: str) -> Iterator[str]:
+  """A local path of the video at path: path itself, or for a URL (is_url) a temporary copy, removed on
+  exit. VideoErrors raised inside name path, not the copy."""
+  if not is_url(path):
+    yield path
+    return
+  import tensorflow as tf  # Deferred: only URLs need it.
+  fd, local = tempfile.mkstemp(suffix=os.path.splitext(path)[1])
+  os.close(fd)
+  try:
+    try:
+      tf.io.gfile.copy(path, local, overwrite=True)
+    except tf.errors.OpError as e:
+      raise VideoError(f"{path}: cannot be read ({e.message})") from None
+    try:
+      yield local
+    except VideoError as e:
+      raise VideoError(str(e).replace(local, path)) from None
+  finally:
+    os.remove(local)
 
 
 def read_frames(path: str, start: int = 0, count: int | None = None) -> np.ndarray:
