@@ -14,11 +14,12 @@ The pipeline has one element per video; each worker loads the model once
 (encoder.encode_file). A video that fails is a row with its error, and the
 rest go on. DIR/corpus.csv and DIR/corpus.json list every video: video,
 output (empty where it failed), frames, bytes, bpp, seconds (encode time),
-status (encoded, skipped or failed) and error. Run the command again and the videos whose output exists,
-made with this model (the header's fingerprint), are skipped; the others are
-encoded again. (An output made by the same model with other --scales or
---gop is skipped too: encode into another DIR.) Beam counters `encoded`,
-`skipped` and `failed` (namespace NAMESPACE) count them.
+status (encoded, skipped or failed) and error. Run the command again and
+the videos whose output exists, made with this model (the header's
+fingerprint), are skipped; the others are encoded again. (An output made by
+the same model with other --scales or --gop is skipped too: encode into
+another DIR.) Beam counters `encoded`, `skipped` and `failed` (namespace
+NAMESPACE) count them. The model (--model) is a local path on every worker.
 
 Beam's flags follow the command's own (beam_options.py); e.g. `--runner
 DirectRunner --direct_num_workers 2` on this machine. Videos and DIR are
