@@ -4,8 +4,9 @@ tfds_videos.VideoClips(beam=True) returns ClipsOfVideos from
 _generate_examples; TFDS encodes the examples and writes the array_record
 shards in the same pipeline (its BeamWriter), so the records are those of the
 single-process build. The launching process lists the videos; the workers
-read them, so the folder must be one every worker sees (a shared mount on a
-cluster). A file that does not decode is a warning in its worker's log,
+read them, so the folder must be one every worker sees: a URL such as
+gs://... (each video copied to a local file to decode), or on a cluster a
+shared mount. A file that does not decode is a warning in its worker's log,
 counted and named in Beam metrics (namespace NAMESPACE), and report() logs
 them all once the pipeline is done.
 """
