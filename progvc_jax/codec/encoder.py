@@ -34,7 +34,7 @@ DEFAULT_GOP = 30
 # weight because their tokens are cheap where they repeat the previous frame, and an I-frame's
 # quality is inherited by the P-frames that follow it.
 DEFAULT_RD_LAMBDA = 0.05
-DEFAULT_P_LAMBDA_SCALE = 2.0
+DEFAULT_P_LAMBDA_SCALE = 2.0  # `progvc encode --help` says "twice" (cli.py does not import this module to parse)
 
 
 def _frames_checked(frames: Iterable[np.ndarray]) -> Iterator[np.ndarray]:
