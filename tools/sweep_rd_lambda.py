@@ -48,7 +48,8 @@ def ladder(model, frames, rd_lambda: float) -> dict:
   mean = lambda xs: sum(xs) / len(xs) if xs else float("nan")  # noqa: E731
   i_bytes = mean([bitstream.frame_bytes(f) for f in coded if f.kind == 0])
   p_bytes = mean([bitstream.frame_bytes(f) for f in coded if f.kind != 0])
-  return {"rd_lambda": rd_lambda, "p_lambda_scale": scale, "points": points, "i_frame_bytes": i_bytes, "p_frame_bytes": p_bytes}
+  return {"rd_lambda": rd_lambda, "p_lambda_scale": scale, "points": points, "i_frame_bytes": i_bytes,
+          "p_frame_bytes": p_bytes}
 
 
 def main(argv):
