@@ -7,27 +7,47 @@ Python API:
 `model` is a bundle path or a loaded CodecModel; None uses the shipped default.
 """
 
+import functools
+import os
+
 import numpy as np
 
 
 def load_model(model=None):
-  """A CodecModel from a bundle path (None: the shipped default), or `model` itself if already loaded."""
+  """A CodecModel from a bundle path (None: the shipped default), or `model` itself if already loaded.
+
+  A path's model is loaded once per process (and again if the file changes), so that repeated calls
+  reuse its compiled steps instead of loading and compiling the bundle each time.
+  """
   from progvc_jax.codec import cli
   from progvc_jax.codec.model import CodecModel
   if isinstance(model, CodecModel):
     return model
   if model is None:
-    return cli.default_model()
-  return CodecModel.load(model)
+    if not os.path.isfile(cli.DEFAULT_MODEL):
+      return cli.default_model()  # its error
+    model = cli.DEFAULT_MODEL
+  path = os.path.abspath(os.fspath(model))
+  if not os.path.isfile(path):
+    return CodecModel.load(path)  # its error
+  stat = os.stat(path)
+  return _loaded(path, stat.st_mtime_ns, stat.st_size)
+
+
+@functools.lru_cache(maxsize=4)
+def _loaded(path: str, mtime_ns: int, size: int):
+  from progvc_jax.codec.model import CodecModel
+  return CodecModel.load(path)
 
 
 def encode(frames: np.ndarray, model=None, *, fps: float = 25.0, **kwargs) -> bytes:
-  """uint8 frames (T, H, W, 3) -> a progvc stream; kwargs: scales, target_kbps, gop."""
+  """uint8 frames (T, H, W, 3) -> a progvc stream; kwargs: scales, target_kbps, gop, layout, rd_lambda."""
   from progvc_jax.codec import encoder
   return encoder.encode(frames, load_model(model), fps=fps, **kwargs)
 
 
 def decode(data: bytes, model=None, **kwargs) -> np.ndarray:
-  """A progvc stream -> uint8 frames (T, H, W, 3); kwargs: complete, seed, temperature, top_k, top_p, tile_batch."""
+  """A progvc stream (or a prefix of one: see decoder.decode) -> uint8 frames (T, H, W, 3); kwargs: complete,
+  seed, temperature, top_k, top_p, tile_batch, partial."""
   from progvc_jax.codec import decoder
   return decoder.decode(data, load_model(model), **kwargs)

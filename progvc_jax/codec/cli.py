@@ -1,16 +1,21 @@
 """The `progvc` command: encode, decode, truncate and inspect progvc streams.
 
   progvc encode IN.(mp4|mkv|y4m|avi) OUT.pgvc [--model BUNDLE] [--scales K | --target-kbps R] [--gop N]
-  progvc decode IN.pgvc OUT.(y4m|mp4|mkv|avi) [--model BUNDLE] [--complete sample|argmax|none] [--seed S] [--tile-batch N]
-  progvc truncate IN.pgvc OUT.pgvc --scales K [--frames A:B]
+                [--layout layered|frames]
+  progvc decode IN.pgvc|- OUT.(y4m|mp4|mkv|avi)|- [--model BUNDLE] [--complete sample|argmax|none] [--seed S]
+                [--tile-batch N]
+  progvc truncate IN.pgvc OUT.pgvc (--scales K [--frames A:B] | --bytes N | --kbps R) [--layout layered|frames]
   progvc info IN.pgvc
 
 Errors are one line on stderr and a non-zero exit status; outputs are written
 to a temporary file and renamed when complete, so a failure never leaves a
-partial file where an output should be.
+partial file where an output should be. `decode -` reads the stream from
+standard input and `decode IN -` writes Y4M to standard output, frame by
+frame; a stream that ends early decodes, with a note on stderr.
 """
 
 import argparse
+import contextlib
 import os
 import sys
 import uuid
@@ -54,7 +59,7 @@ def cmd_encode(args) -> None:
   fps = info.fps if info.fps > 0 else 25.0
   with _progress(info.num_frames, "frame", "encode") as bar:
     stats = encoder.encode_file(model, video.iter_frames(args.input), args.output, fps, scales=args.scales,
-                                target_kbps=args.target_kbps, gop=args.gop,
+                                target_kbps=args.target_kbps, gop=args.gop, layout=args.layout,
                                 **({} if args.rd_lambda is None else {"rd_lambda": args.rd_lambda}),
                                 progress=lambda n: bar.update(n - bar.n))
   pixels = info.width * info.height * stats["frames"]
@@ -64,37 +69,53 @@ def cmd_encode(args) -> None:
 
 
 def cmd_decode(args) -> None:
-  from progvc_jax.codec import bitstream, decoder
+  from progvc_jax.codec import decoder
   from progvc_jax.data import video
   model = _model(args.model)
-  with open(args.input, "rb") as f:
-    header = bitstream.Reader(f).header
-  with open(args.input, "rb") as f, _progress(header.frame_count, "frame", "decode") as bar:
-    frames = decoder.decode_frames(model, f, complete=args.complete, seed=args.seed, temperature=args.temperature,
-                                   top_k=args.top_k, top_p=args.top_p, tile_batch=args.tile_batch)
+  with (open(args.input, "rb") if args.input != "-" else _stdin()) as f:
+    reader = decoder.open_stream(f)
+    header = reader.header
+    with _progress(header.frame_count, "frame", "decode") as bar:
+      frames = decoder.decode_frames(model, reader, complete=args.complete, seed=args.seed,
+                                     temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
+                                     tile_batch=args.tile_batch)
 
-    def counted():
-      for frame in frames:
-        yield frame
-        bar.update(1)
-    video.write_video(args.output, counted(), header.fps_num / header.fps_den)
+      def counted():
+        for frame in frames:
+          yield frame
+          bar.update(1)
+      video.write_video(args.output, counted(), header.fps_num / header.fps_den)
+  if reader.cut is not None:
+    print(f"progvc: note: {reader.cut.describe()}; those repeat the last frame decoded", file=sys.stderr)
+
+
+def _stdin():
+  return contextlib.nullcontext(sys.stdin.buffer)  # not closed when done
 
 
 def cmd_truncate(args) -> None:
+  from progvc_jax.codec import bitstream
   frames = None
   if args.frames:
+    if args.scales is None:
+      raise UserError("--frames goes with --scales")
     try:
       a, b = (int(v) for v in args.frames.split(":"))
     except ValueError:
       raise UserError(f"--frames must be A:B (frame indices, B excluded), got {args.frames!r}") from None
     frames = (a, b)
-  _atomic(args.output, lambda out: _truncate(args.input, out, args.scales, frames))
+  layout = None if args.layout is None else bitstream.LAYOUTS[args.layout]
+  kept = {}
 
-
-def _truncate(src_path, out, scales, frames):
-  from progvc_jax.codec import bitstream
-  with open(src_path, "rb") as src:
-    bitstream.truncate(src, out, scales, frames)
+  def write(out):
+    with open(args.input, "rb") as src:
+      kept.update(bitstream.truncate(src, out, args.scales, frames, max_bytes=args.bytes, kbps=args.kbps,
+                                     layout=layout))
+  _atomic(args.output, write)
+  note = ""
+  if kept.get("gops_over_budget"):
+    note = f"; {kept['gops_over_budget']} of {kept['gops']} GOPs do not fit at one scale and keep one"
+  print(f"{args.output}: {kept['bytes']} bytes{note}")
 
 
 def _atomic(path: str, write) -> None:
@@ -112,13 +133,17 @@ def _atomic(path: str, write) -> None:
 def cmd_info(args) -> None:
   from progvc_jax.codec import bitstream
   with open(args.input, "rb") as f:
-    header, frames = bitstream.read_stream(f.read())
+    header, frames, cut = bitstream.read_prefix(f.read())
   s = bitstream.stats(header, frames)
   fps = header.fps_num / header.fps_den
   pixels = header.width * header.height * max(len(frames), 1)
   kinds = "".join("IP"[fr.kind] for fr in frames)
   print(f"progvc stream {args.input}")
-  print(f"  size {header.width}x{header.height}, {fps:.3f} fps, {len(frames)} frames, GOP {header.gop}")
+  layout = bitstream.LAYOUT_NAMES[header.layout]
+  print(f"  size {header.width}x{header.height}, {fps:.3f} fps, {header.frame_count} frames, GOP {header.gop}, "
+        f"layout {layout}" + (" (each GOP scale by scale: any prefix decodes)" if layout == "layered" else ""))
+  if cut is not None:
+    print(f"  {cut.describe()}")
   print(f"  model {header.fingerprint.hex()}: latent tile {header.tile} (x{header.downsample} pixels), "
         f"{header.num_scales} scales {list(header.schedule)}, {header.vocab_size} codes")
   print(f"  {s['total_bytes']} bytes, {8 * s['total_bytes'] / pixels:.4f} bpp, "
@@ -151,14 +176,17 @@ def parser() -> argparse.ArgumentParser:
   rate.add_argument("--scales", type=int, help="scales to send for every frame (default: all)")
   rate.add_argument("--target-kbps", type=float, help="bitrate target; picks the scales of each GOP")
   e.add_argument("--gop", type=int, default=30, help="an I-frame every N frames (default 30)")
+  e.add_argument("--layout", choices=("layered", "frames"), default="layered",
+                 help="layered (default): each GOP scale by scale, so any prefix of the file decodes to the "
+                      "whole video at fewer scales; frames: frame after frame, for low latency")
   e.add_argument("--rd-lambda", type=float, default=None,
                  help="weight of bits against distortion when choosing tokens on I-frames (P-frames use twice "
                       "it): higher spends fewer bits on details the model does not expect; 0 takes the "
                       "nearest code (default: the encoder's)")
   e.set_defaults(run=cmd_encode)
   d = sub.add_parser("decode", help="decode a progvc stream into a video file")
-  d.add_argument("input")
-  d.add_argument("output")
+  d.add_argument("input", help="the stream; - reads it from standard input")
+  d.add_argument("output", help="the video (.y4m, .mp4, .mkv, .avi); - writes Y4M to standard output")
   d.add_argument("--model", help="codec bundle (default: the model shipped with progvc)")
   d.add_argument("--complete", choices=("sample", "argmax", "none"), default="sample",
                  help="how to fill the scales that were not sent: generate them (sample, argmax) or decode the prefix as it is (none); default sample")
@@ -172,8 +200,14 @@ def parser() -> argparse.ArgumentParser:
   t = sub.add_parser("truncate", help="drop fine-scale chunks without decoding")
   t.add_argument("input")
   t.add_argument("output")
-  t.add_argument("--scales", type=int, required=True, help="keep at most this many scales per frame")
-  t.add_argument("--frames", help="cut only frames A:B (end at an I-frame)")
+  cut = t.add_mutually_exclusive_group(required=True)
+  cut.add_argument("--scales", type=int, help="keep at most this many scales per frame")
+  cut.add_argument("--bytes", type=_positive,
+                   help="make the file at most N bytes: each GOP keeps the most chunks, scale by scale, that fit "
+                        "its share")
+  cut.add_argument("--kbps", type=float, help="cut each GOP to at most this bitrate, scale by scale")
+  t.add_argument("--frames", help="with --scales: cut only frames A:B (end at an I-frame)")
+  t.add_argument("--layout", choices=("layered", "frames"), help="write in this layout (default: the input's)")
   t.set_defaults(run=cmd_truncate)
   i = sub.add_parser("info", help="print a stream's header and sizes")
   i.add_argument("input")
@@ -189,7 +223,7 @@ def main(argv=None) -> int:
   from progvc_jax.data.video import VideoError
   for name in ("input",):
     path = getattr(args, name)
-    if not os.path.isfile(path):
+    if not (path == "-" and args.command == "decode") and not os.path.isfile(path):
       print(f"progvc: error: {path} does not exist", file=sys.stderr)
       return 1
   try:

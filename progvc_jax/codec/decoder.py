@@ -6,10 +6,17 @@ tokens' checksum is verified (a mismatch names frame and scale). Scales that
 were not sent are completed by the model (`sample` or `argmax`) or left out
 (`none`: the frame is the prefix it received). A stream made with another
 model (fingerprint) is refused before anything is decoded.
+
+A stream that ends early (a cut download, a pipe closed) is not an error:
+frames that arrived with fewer scales are completed like any truncated
+frame, and frames of which nothing arrived repeat the last frame decoded,
+so the video keeps its length (the reader's `cut` says what arrived).
+Corruption is still an error.
 """
 
 import io
-from typing import Iterator
+import warnings
+from typing import BinaryIO, Iterator
 
 import jax
 import numpy as np
@@ -29,25 +36,35 @@ def check_model(header: bitstream.Header, model: CodecModel) -> None:
     raise StreamError("the stream's scale schedule, tile or codebook do not match the model")
 
 
+def open_stream(f: BinaryIO, partial: bool = True) -> bitstream.Reader:
+  """A reader of the container f (a file object, seekable or not); partial: accept a stream that ends early."""
+  return bitstream.Reader(f, partial=partial)
+
+
 def decode_tokens(model: CodecModel, f, *, complete: str = "none", seed: int = 0, temperature: float = 1.0,
-                  top_k: int = 0, top_p: float = 1.0,
-                  tile_batch: int | None = None) -> Iterator[tuple[bitstream.Header, list[np.ndarray], object]]:
-  """Yields (header, tokens per scale [(tiles, p_k^2)], fhat tiles) for each frame of the container f.
+                  top_k: int = 0, top_p: float = 1.0, tile_batch: int | None = None,
+                  partial: bool = True) -> Iterator[tuple[bitstream.Header, list[np.ndarray], object]]:
+  """Yields (header, tokens per scale [(tiles, p_k^2)], fhat tiles) for each frame of the container f
+  (a file object, or a Reader from `open_stream`).
 
   tile_batch: run the context model on at most this many tiles at once (less
   memory for large frames; the frequencies, and so the tokens, are identical).
+  partial: decode a stream that ends early (see the module docstring); a
+  frame that repeats the last one comes with no tokens. False: that is a StreamError.
   """
   if complete not in COMPLETIONS:
     raise ValueError(f"complete must be one of {COMPLETIONS}, got {complete!r}")
-  reader = bitstream.Reader(f)
+  reader = f if isinstance(f, bitstream.Reader) else open_stream(f, partial)
   header = reader.header
   check_model(header, model)
   rows, cols = model.tile_grid(header.height, header.width)
   n = rows * cols
   key = jax.random.key(seed)
-  prev = None
+  prev = fhat = None
+  decoded = 0
   for i, frame in enumerate(reader):
     sent = frame.scales
+    decoded += 1
 
     def receive(k, weights, i=i, frame=frame):
       chunk = frame.chunks[k]
@@ -66,14 +83,28 @@ def decode_tokens(model: CodecModel, f, *, complete: str = "none", seed: int = 0
           n, frame.kind, prev, lambda k, p, receive=receive, fill=fill: receive(k, p) if k < sent else fill(k, p),
           tile_batch=tile_batch, grid=(rows, cols))
     yield header, [np.asarray(t) for t in tokens], fhat
+  if reader.cut is not None:
+    if fhat is None:
+      raise StreamError(f"the stream ends after {reader.cut.offset} bytes, before its first frame's first scale: "
+                        "nothing to decode")
+    for _ in range(header.frame_count - decoded):
+      yield header, [], fhat
 
 
 def decode_frames(model: CodecModel, f, **kwargs) -> Iterator[np.ndarray]:
-  """Yields uint8 frames (H, W, 3) decoded from the container file object f (kwargs: see decode_tokens)."""
-  for header, _, fhat in decode_tokens(model, f, **kwargs):
-    yield model.pixels(fhat, header.height, header.width)
+  """Yields uint8 frames (H, W, 3) decoded from the container f (kwargs: see decode_tokens)."""
+  last = None
+  for header, tokens, fhat in decode_tokens(model, f, **kwargs):
+    if tokens or last is None:
+      last = model.pixels(fhat, header.height, header.width)
+    yield last
 
 
 def decode(data: bytes, model: CodecModel, **kwargs) -> np.ndarray:
-  """Python API: a progvc stream -> uint8 frames (T, H, W, 3)."""
-  return np.stack(list(decode_frames(model, io.BytesIO(data), **kwargs)))
+  """Python API: a progvc stream -> uint8 frames (T, H, W, 3). A stream that ends early decodes
+  with a warning that says what arrived (partial=False: a StreamError)."""
+  reader = open_stream(io.BytesIO(data), kwargs.pop("partial", True))
+  frames = np.stack(list(decode_frames(model, reader, **kwargs)))
+  if reader.cut is not None:
+    warnings.warn(reader.cut.describe(), stacklevel=2)
+  return frames

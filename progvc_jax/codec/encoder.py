@@ -9,10 +9,14 @@ any machine decodes the stream. The first frame of each GOP is an I-frame, the r
 previous frame.
 
 Scale counts: `scales` sends the first K' scales of every frame. With
-`target_kbps` each GOP is coded at all K scales and the largest K' whose exact
-byte count fits the GOP's budget is kept (dropping chunks is all truncation
-does, so these sizes are exact); a GOP that does not fit even at one scale
-is sent at one scale.
+`target_kbps` each GOP is coded at all K scales and cut to the most chunks,
+scale-major, whose exact byte count fits the GOP's budget
+(bitstream.cut_gop: the first frames at k scales, the rest at k - 1;
+dropping chunks is all truncation does, so these sizes are exact); a GOP
+that does not fit even at one scale is sent at one scale.
+
+Layout (bitstream): LAYERED by default, so that any prefix of the file
+decodes to the whole video at fewer scales; FRAMES for low latency.
 """
 
 import fractions
@@ -28,6 +32,7 @@ from progvc_jax.codec.model import CodecModel
 from progvc_jax.models.transformer import I_FRAME, P_FRAME
 
 DEFAULT_GOP = 30
+DEFAULT_LAYOUT = "layered"
 # The default rate-distortion weight of token choice (code_frame, CodecModel.rd_choice) on I-frames,
 # and the factor P-frames multiply it by: about the best BD-rate at equal MS-SSIM on carphone and bikes
 # (the shipped model, against the nearest codes; README, "The default model"). P-frames take a larger
@@ -93,9 +98,9 @@ class Encoder:
   def __init__(self, model: CodecModel, f, height: int, width: int, fps: float | fractions.Fraction, *,
                scales: int | None = None, target_kbps: float | None = None, gop: int = DEFAULT_GOP,
                frame_count: int = 0, rd_lambda: float = DEFAULT_RD_LAMBDA,
-               p_lambda_scale: float = DEFAULT_P_LAMBDA_SCALE):
+               p_lambda_scale: float = DEFAULT_P_LAMBDA_SCALE, layout: str = DEFAULT_LAYOUT):
     """rd_lambda: the token choice's weight of bits on I-frames (0: the nearest codes); P-frames use
-    rd_lambda * p_lambda_scale."""
+    rd_lambda * p_lambda_scale. layout: "layered" (a layered GOP is written when it ends) or "frames"."""
     if scales is not None and target_kbps is not None:
       raise ValueError("give either scales or target_kbps, not both")
     k = model.num_scales
@@ -109,19 +114,23 @@ class Encoder:
       raise ValueError(f"p_lambda_scale must be a finite number >= 0, got {p_lambda_scale}")
     if gop < 1:
       raise ValueError(f"gop must be at least 1, got {gop}")
+    if layout not in bitstream.LAYOUTS:
+      raise ValueError(f"layout must be one of {', '.join(bitstream.LAYOUTS)}, got {layout!r}")
     rate = fractions.Fraction(fps).limit_denominator(1001)
     if rate <= 0:
       raise ValueError(f"fps must be positive, got {fps}")
     self.model, self.gop, self.rate = model, gop, rate
     self.rd_lambda = {I_FRAME: float(rd_lambda), P_FRAME: float(rd_lambda) * float(p_lambda_scale)}
     self.scales = k if scales is None else scales
-    self.budget = None if target_kbps is None else target_kbps * 1000 / 8 * gop / float(rate)
+    self.budget = None if target_kbps is None else target_kbps * 1000 / 8 / float(rate)  # bytes a frame
     header = bitstream.Header(width=width, height=height, fps_num=rate.numerator, fps_den=rate.denominator,
                               frame_count=frame_count, gop=gop, tile=model.tile, downsample=model.downsample,
                               schedule=model.schedule, vocab_size=model.vocab_size, colour=0,
-                              fingerprint=model.fingerprint)
+                              fingerprint=model.fingerprint, layout=bitstream.LAYOUTS[layout])
     self.writer = bitstream.Writer(f, header)
     self.height, self.width = height, width
+    rows, cols = model.tile_grid(height, width)
+    self.tiles = rows * cols
     self.count, self.prev, self.pending = 0, None, []
     self.stats = {"bits_cross_entropy": 0.0, "tokens": 0}
 
@@ -141,19 +150,15 @@ class Encoder:
   def _flush_gop(self) -> None:
     if not self.pending:
       return
-    keep = self.scales
+    frames = [bitstream.Frame(coded.kind, coded.chunks[:self.scales]) for coded, _ in self.pending]
     if self.budget is not None:
-      keep = 1
-      for k in range(self.model.num_scales, 0, -1):
-        if sum(bitstream.frame_bytes(f, k) for f, _ in self.pending) <= self.budget:
-          keep = k
-          break
-    n = self.model.tile_grid(self.height, self.width)
-    tiles = n[0] * n[1]
-    for coded, bits in self.pending:
-      self.writer.write(bitstream.Frame(coded.kind, coded.chunks[:keep]))
-      self.stats["bits_cross_entropy"] += sum(bits[:keep])
-      self.stats["tokens"] += tiles * sum(p * p for p in self.model.schedule[:keep])
+      frames, _ = bitstream.cut_gop(frames, self.budget * len(frames), self.writer.header.layout)
+    for frame, (_, bits) in zip(frames, self.pending):
+      self.writer.write(frame)
+      self.stats["bits_cross_entropy"] += sum(bits[:frame.scales])
+      self.stats["tokens"] += self.tiles * sum(p * p for p in self.model.schedule[:frame.scales])
+    if self.budget is not None:
+      self.writer.end_gop()  # the GOP is whole: nothing waits for the next I-frame
     self.pending = []
 
   def finish(self) -> None:

@@ -33,9 +33,10 @@ import dataclasses
 import fractions
 import itertools
 import os
+import sys
 import tempfile
-from typing import Iterable, Iterator
 import uuid
+from typing import Iterable, Iterator
 
 from absl import logging
 import av
@@ -238,52 +239,72 @@ def _add_stream(container, codec: str, rate: fractions.Fraction, width: int, hei
   return stream
 
 
+class _Flushed:
+  """A binary stream (standard output) that each write reaches at once, for frames read while written."""
+
+  def __init__(self, f):
+    self.f = f
+
+  def write(self, data) -> int:
+    n = self.f.write(data)
+    self.f.flush()
+    return n
+
+
 def write_video(path: str, frames: Iterable[np.ndarray], fps: float | fractions.Fraction) -> None:
   """Writes uint8 RGB frames (H, W, 3) as YUV 4:2:0 BT.709 limited range.
 
   The format follows the extension (.y4m, .mp4, .mkv, .avi). The file is
   written to a temporary name in the same folder and renamed when complete,
-  so `path` never holds a partial video.
+  so `path` never holds a partial video. path "-" writes Y4M to standard
+  output, each frame as soon as it comes (for a player reading a pipe).
   """
   path = os.fspath(path)
+  if path == "-":
+    _write(_Flushed(sys.stdout.buffer), "-", "yuv4mpegpipe", "rawvideo", frames, fps, {"flush_packets": "1"})
+    return
   fmt, codec = _encoder_for(os.path.splitext(path)[1].lower())
-  rate = fractions.Fraction(fps)
-  if not isinstance(fps, fractions.Fraction):
-    rate = rate.limit_denominator(1001)  # 29.97002997... -> 30000/1001
-  if rate <= 0:
-    raise ValueError(f"fps must be positive, got {fps}")
   folder, name = os.path.split(os.path.abspath(path))
   tmp = os.path.join(folder, f".{name}.{uuid.uuid4().hex[:8]}.partial")
   try:
-    with av.open(tmp, "w", format=fmt) as container:
-      stream, shape, pad = None, None, (0, 0)
-      for i, rgb in enumerate(frames):
-        rgb = np.asarray(rgb)
-        if shape is None:
-          shape = rgb.shape
-          if rgb.ndim != 3 or shape[2] != 3 or min(shape[:2]) < 1:
-            raise ValueError(f"frames must be (H, W, 3), got {shape}")
-          if codec == "libx264":
-            pad = (shape[0] % 2, shape[1] % 2)
-            if any(pad):
-              logging.warning("%s: %s cannot code the odd size %dx%d in 4:2:0; writing "
-                              "%dx%d, the last row/column repeated (use .y4m for exact sizes)",
-                              path, codec, shape[1], shape[0], shape[1] + pad[1], shape[0] + pad[0])
-          stream = _add_stream(container, codec, rate, shape[1] + pad[1], shape[0] + pad[0])
-        if rgb.shape != shape or rgb.dtype != np.uint8:
-          raise ValueError(f"frame {i}: expected uint8 {shape}, got {rgb.dtype} {rgb.shape}")
-        if any(pad):
-          rgb = np.pad(rgb, ((0, pad[0]), (0, pad[1]), (0, 0)), mode="edge")
-        frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(rgb), format="rgb24").reformat(
-            format="yuv420p", src_colorspace=Colorspace.ITU709, dst_colorspace=Colorspace.ITU709,
-            src_color_range="JPEG", dst_color_range="MPEG", interpolation=_SWS_FLAGS)
-        frame.pts = i
-        container.mux(stream.encode(frame))
-      if stream is None:
-        raise ValueError(f"{path}: no frames to write")
-      container.mux(stream.encode(None))
+    _write(tmp, path, fmt, codec, frames, fps)
     os.replace(tmp, path)
   except BaseException:
     if os.path.exists(tmp):
       os.remove(tmp)
     raise
+
+
+def _write(target, path: str, fmt: str, codec: str, frames: Iterable[np.ndarray], fps, options=None) -> None:
+  rate = fractions.Fraction(fps)
+  if not isinstance(fps, fractions.Fraction):
+    rate = rate.limit_denominator(1001)  # 29.97002997... -> 30000/1001
+  if rate <= 0:
+    raise ValueError(f"fps must be positive, got {fps}")
+  with av.open(target, "w", format=fmt, options=options or {}) as container:
+    stream, shape, pad = None, None, (0, 0)
+    for i, rgb in enumerate(frames):
+      rgb = np.asarray(rgb)
+      if shape is None:
+        shape = rgb.shape
+        if rgb.ndim != 3 or shape[2] != 3 or min(shape[:2]) < 1:
+          raise ValueError(f"frames must be (H, W, 3), got {shape}")
+        if codec == "libx264":
+          pad = (shape[0] % 2, shape[1] % 2)
+          if any(pad):
+            logging.warning("%s: %s cannot code the odd size %dx%d in 4:2:0; writing "
+                            "%dx%d, the last row/column repeated (use .y4m for exact sizes)",
+                            path, codec, shape[1], shape[0], shape[1] + pad[1], shape[0] + pad[0])
+        stream = _add_stream(container, codec, rate, shape[1] + pad[1], shape[0] + pad[0])
+      if rgb.shape != shape or rgb.dtype != np.uint8:
+        raise ValueError(f"frame {i}: expected uint8 {shape}, got {rgb.dtype} {rgb.shape}")
+      if any(pad):
+        rgb = np.pad(rgb, ((0, pad[0]), (0, pad[1]), (0, 0)), mode="edge")
+      frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(rgb), format="rgb24").reformat(
+          format="yuv420p", src_colorspace=Colorspace.ITU709, dst_colorspace=Colorspace.ITU709,
+          src_color_range="JPEG", dst_color_range="MPEG", interpolation=_SWS_FLAGS)
+      frame.pts = i
+      container.mux(stream.encode(frame))
+    if stream is None:
+      raise ValueError(f"{path}: no frames to write")
+    container.mux(stream.encode(None))

@@ -11,9 +11,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from progvc_jax.codec.bitstream import (VERSION, I_FRAME, P_FRAME, Chunk, Frame, Header, Reader, StreamError, Writer,
-                                        decode_varint, encode_varint, read_stream, stats, token_checksum,
-                                        truncate, write_stream)
+from progvc_jax.codec.bitstream import (FRAMES, I_FRAME, LAYERED, P_FRAME, Chunk, Frame, Header, Reader, StreamError,
+                                        Writer, cut_gop, decode_varint, encode_varint, gop_bytes, read_prefix,
+                                        read_stream, split_gops, stats, token_checksum, truncate, write_stream)
 
 SCHEDULE_16 = (1, 2, 3, 4, 5, 6, 8, 10, 13, 16)
 FINGERPRINT = bytes(range(0xA1, 0xA9))
@@ -173,7 +173,7 @@ def test_header_refuses_implausible_values(change, what):
 
 def test_reader_refuses_implausible_header_with_valid_checksum():
   good = _header()
-  body = bytes([VERSION, 0]) + good.to_bytes()[7:-2]  # width 0 in place of 640's two varint bytes
+  body = bytes([2, 0]) + good.to_bytes()[7:-2]  # a frame-major (version 2) header with width 0 in place of 640's two varint bytes
   data = b"PGVC" + body + (zlib.crc32(body) & 0xFFFF).to_bytes(2, "little")
   assert "implausible header" in _error(data)
 
@@ -191,8 +191,8 @@ def test_wrong_magic_and_version():
   assert "not a progvc stream" in _error(b"RIFF" + data[4:])
   assert "not a progvc stream" in _error(b"")
   assert "not a progvc stream" in _error(b"\x1a\x45\xdf\xa3 a matroska file")
-  msg = _error(data[:4] + b"\x03" + data[5:])
-  assert "version 3" in msg and "version 2" in msg
+  msg = _error(data[:4] + b"\x04" + data[5:])
+  assert "version 4" in msg and "versions 2 to 3" in msg
   # Version 1 (float probabilities) is refused with the reason, in one line.
   msg = _error(data[:4] + b"\x01" + data[5:])
   assert "version 1 is no longer decoded" in msg and "re-encode" in msg and "\n" not in msg
@@ -449,7 +449,10 @@ def test_container_share_at_0p02_bpp():
 
 _FUZZ_STREAMS = [write_stream(_header((1, 2, 4), gop=3), _frames("I3 P3 P2 I3 P1", seed=1, sizes=(0, 20))),
                  write_stream(_header(gop=2), _frames("I10 P4 I2 P2", seed=2, sizes=(100, 300))),
-                 write_stream(_header((5,)), _frames("I1", seed=3, sizes=(0, 3)))]
+                 write_stream(_header((5,)), _frames("I1", seed=3, sizes=(0, 3))),
+                 write_stream(_header((1, 2, 4), gop=3, layout=LAYERED),
+                              _frames("I3 P3 P2 I3 P1", seed=1, sizes=(0, 20))),
+                 write_stream(_header(gop=2, layout=LAYERED), _frames("I10 P4 I2 P2", seed=2, sizes=(100, 300)))]
 
 _MUTATION = st.one_of(
     st.tuples(st.just("flip"), st.integers(0, 2**16), st.integers(1, 255)),
@@ -479,3 +482,219 @@ def test_fuzz_mutated_streams(which, mutations):
     pass
   else:
     assert stats(header, frames)["total_bytes"] <= len(data)
+  try:  # read as a prefix: what arrived, or StreamError
+    header, frames, cut = read_prefix(bytes(data))
+  except StreamError:
+    pass
+  else:
+    assert len(frames) + (cut.missing if cut else 0) == header.frame_count
+    assert all(f.scales >= 1 for f in frames)
+
+
+# The layered layout: each GOP scale by scale, so that any prefix of the stream reads.
+
+LAYERED_PATTERN = "I4 P4 P3 P3 P1 I2 P2 I4 P4 P4"
+
+
+def _layered(pattern: str = LAYERED_PATTERN, seed: int = 5, **kwargs) -> tuple[Header, list[Frame], bytes]:
+  header = _header((1, 2, 3, 4), layout=LAYERED, **kwargs)
+  frames = _frames(pattern, seed=seed, sizes=(0, 30))
+  return header, frames, write_stream(header, frames)
+
+
+@pytest.mark.parametrize("schedule,pattern", [
+    (SCHEDULE_16, "I10 P10 P9 P5 P5 I3 P3 P1 I10 P10"), ((1,), "I1 P1 P1 I1 I1"), ((2, 7, 30), "I3 I1 I2 P2 P1 P1"),
+])
+def test_layered_round_trip(schedule, pattern):
+  header = _header(schedule, layout=LAYERED, frame_count=99)
+  frames = _frames(pattern)
+  data = write_stream(header, frames)
+  assert data[4] == 3  # version 3: the header has a layout field
+  assert read_stream(data) == (dataclasses.replace(header, frame_count=len(frames)), frames)
+  assert stats(header, frames)["total_bytes"] == len(data)
+  sink = _Sink()  # a pipe in and out
+  truncate(_Pipe(data), sink, scales=len(schedule))
+  assert bytes(sink.data) == data
+
+
+def test_layered_exact_layout():
+  header = _header((1, 2), layout=LAYERED, frame_count=3)
+  frames = [Frame(I_FRAME, [Chunk(b"ab", 7), Chunk(b"", 9)]), Frame(P_FRAME, [Chunk(b"c", 1)]),
+            Frame(I_FRAME, [Chunk(b"\x00" * 130, 200)])]
+  index = b"\x02" + b"\x02\x01" + b"\x07\x02"  # 2 layers; 2 and 1 frames; 7 and 2 bytes
+  gop0 = index + bytes([zlib.crc32(index) & 0xFF]) + b"\x02\x07ab" + b"\x01\x01c" + b"\x00\x09"
+  index = b"\x01" + b"\x01" + b"\x85\x01"  # 1 layer of 1 frame, 133 bytes
+  gop1 = index + bytes([zlib.crc32(index) & 0xFF]) + b"\x82\x01\xc8" + b"\x00" * 130
+  head = header.to_bytes()
+  assert head[4] == 3 and head[-11] == LAYERED  # the layout varint just before the fingerprint
+  assert write_stream(header, frames) == head + gop0 + gop1
+
+
+def _arrived(header: Header, frames: list[Frame], cut: int) -> list[list[Chunk]]:
+  """The chunks of each frame whose bytes lie wholly in the first `cut` bytes of the stream."""
+  pos = len(header.to_bytes())
+  out = [[] for _ in frames]
+  if header.layout == FRAMES:
+    for i, f in enumerate(frames):
+      pos += 1
+      for c in f.chunks:
+        pos += c.size
+        if pos <= cut and len(out[i]) == len([x for x in f.chunks if x is c or out[i].count(x)]) - 1:
+          out[i].append(c)
+    return out
+  start = 0
+  for gop in split_gops(frames):
+    record = gop_bytes(gop, LAYERED)
+    pos += record - sum(c.size for f in gop for c in f.chunks)  # the index
+    for k in range(max(f.scales for f in gop)):
+      for i, f in enumerate(gop):
+        if f.scales > k:
+          pos += f.chunks[k].size
+          if pos <= cut and len(out[start + i]) == k:
+            out[start + i].append(f.chunks[k])
+    start += len(gop)
+  return out
+
+
+@pytest.mark.parametrize("layout", [LAYERED, FRAMES])
+def test_every_prefix_reads_what_arrived(layout):
+  header, frames, _ = _layered()
+  header = dataclasses.replace(header, layout=layout, frame_count=len(frames))
+  data = write_stream(header, frames)
+  n = len(header.to_bytes())
+  before = 0
+  for cut in range(n, len(data) + 1):
+    got_header, got, info = read_prefix(data[:cut])
+    assert got_header == header
+    expected = [c for c in _arrived(header, frames, cut) if c]
+    assert [f.chunks for f in got] == expected, cut
+    assert [f.kind for f in got] == [f.kind for f in frames[:len(got)]]
+    if cut == len(data):
+      assert info is None
+      continue
+    assert info.offset == cut and info.whole + info.reduced + info.missing == len(frames)
+    assert info.whole + info.reduced == len(got)
+    assert info.whole == sum(1 for f, g in zip(frames, got) if f.chunks == g.chunks)
+    total = sum(f.scales for f in got)
+    assert total >= before  # more bytes never read fewer chunks
+    before = total
+    with pytest.raises(StreamError, match="truncated"):
+      read_stream(data[:cut])
+  if layout == LAYERED:  # a prefix holds every frame of the GOPs it reaches, coarser
+    gop = split_gops(frames)[0]
+    layer1 = n + gop_bytes(gop, LAYERED) - sum(c.size for f in gop for c in f.chunks) + sum(f.chunks[0].size for f in gop)
+    _, got, info = read_prefix(data[:layer1])
+    assert [f.chunks for f in got] == [f.chunks[:1] for f in gop]
+    assert (info.whole, info.reduced, info.missing) == (1, 4, 5)  # frame 4 sends one scale
+
+
+def test_layered_index_corruption_is_an_error():
+  header, frames, data = _layered()
+  n = len(header.to_bytes())
+  index = 1 + 4 + 4 + 1  # L, m_1..m_4, B_1..B_4 (one byte each here), checksum
+  for pos in range(n, n + index):
+    for mask in (0x01, 0x40, 0xFF):
+      bad = bytearray(data)
+      bad[pos] ^= mask
+      for read in (read_stream, read_prefix):
+        with pytest.raises(StreamError, match="GOP 0"):
+          read(bytes(bad))
+
+
+def test_layered_writer_refuses_a_gop_without_an_i_frame():
+  header, frames, _ = _layered()
+  writer = Writer(io.BytesIO(), header)
+  writer.write(frames[0])
+  writer.end_gop()
+  with pytest.raises(StreamError, match="starts with an I-frame"):
+    writer.write(frames[1])
+
+
+def test_cut_gop_keeps_the_most_chunks_that_fit():
+  gop = _frames("I4 P4 P3 P3 P1", seed=6, sizes=(1, 60))
+  for layout in (LAYERED, FRAMES):
+    smallest = gop_bytes([Frame(f.kind, f.chunks[:1]) for f in gop], layout)
+    for budget in range(smallest - 3, gop_bytes(gop, layout) + 3):
+      kept, fits = cut_gop(gop, budget, layout)
+      size = gop_bytes(kept, layout)
+      assert fits == (smallest <= budget) and (size <= budget or not fits)
+      scales = [f.scales for f in kept]
+      assert min(scales) >= 1 and all(a >= b for a, b in zip(scales, scales[1:])), scales
+      assert [f.chunks for f in kept] == [f.chunks[:n] for f, n in zip(gop, scales)]
+      # Scale-major: one more chunk (the next frame at this scale, or the first at the next) does not fit.
+      k = min(s for s, f in zip(scales, gop) if f.scales > s) if any(f.scales > s for s, f in zip(scales, gop)) else None
+      if k is not None and fits:
+        i = next(i for i, (s, f) in enumerate(zip(scales, gop)) if s == k and f.scales > k)
+        more = [Frame(f.kind, f.chunks[:n + (j == i)]) for j, (f, n) in enumerate(zip(gop, scales))]
+        assert gop_bytes(more, layout) > budget
+
+
+@pytest.mark.parametrize("layout", [LAYERED, FRAMES])
+def test_truncate_to_a_byte_budget(layout):
+  header = _header((1, 2, 3, 4), gop=3, layout=layout)
+  frames = _frames(LAYERED_PATTERN, seed=12, sizes=(5, 60))
+  data = write_stream(header, frames)
+  smallest = len(header.to_bytes()) + sum(gop_bytes([Frame(f.kind, f.chunks[:1]) for f in g], layout)
+                                           for g in split_gops(frames))
+  sizes = []
+  largest_chunk = max(c.size for f in frames for c in f.chunks)
+  for max_bytes in range(smallest, len(data) + 40, 13):
+    out = io.BytesIO()
+    kept = truncate(io.BytesIO(data), out, max_bytes=max_bytes)
+    got_header, got = read_stream(out.getvalue())
+    assert len(out.getvalue()) == kept["bytes"] <= max_bytes and kept["gops_over_budget"] == 0
+    assert got_header == dataclasses.replace(header, frame_count=len(frames))
+    assert [g.chunks for g in got] == [f.chunks[:g.scales] for f, g in zip(frames, got)]
+    # What a GOP leaves goes to the next, so only the last GOP's remainder is unused: less than a chunk.
+    assert kept["bytes"] == len(data) or max_bytes - kept["bytes"] < largest_chunk + 4, (max_bytes, kept)
+    sizes.append(kept["bytes"])
+  assert sizes[-1] == len(data)
+  with pytest.raises(StreamError, match=f"smallest cut, every frame at one scale, takes {smallest}"):
+    truncate(io.BytesIO(data), io.BytesIO(), max_bytes=smallest - 1)
+
+
+def test_truncate_to_a_bitrate_cuts_each_gop():
+  header = _header((1, 2, 3, 4), gop=3, fps_num=3, fps_den=1, layout=LAYERED)  # a 3-frame GOP lasts 1 s
+  frames = _frames("I4 P4 P4 I4 P4 P4 I4 P4 P4", seed=13, sizes=(20, 80))
+  data = write_stream(header, frames)
+  gops = split_gops(frames)
+  budget = 300
+  out = io.BytesIO()
+  kept = truncate(io.BytesIO(data), out, kbps=budget * 8 / 1000)
+  _, got = read_stream(out.getvalue())
+  for g, cut in zip(gops, split_gops(got)):
+    assert gop_bytes(cut, LAYERED) <= budget
+    assert cut == cut_gop(g, budget, LAYERED)[0]
+  assert kept["gops"] == 3 and kept["gops_over_budget"] == 0
+  kept = truncate(io.BytesIO(data), io.BytesIO(), kbps=0.001)
+  assert kept["gops_over_budget"] == 3
+  for bad in (0, -1, float("inf")):
+    with pytest.raises(ValueError, match="kbps"):
+      truncate(io.BytesIO(data), io.BytesIO(), kbps=bad)
+  with pytest.raises(ValueError, match="one of"):
+    truncate(io.BytesIO(data), io.BytesIO(), scales=2, kbps=1.0)
+
+
+def test_truncate_converts_between_layouts():
+  header, frames, data = _layered()
+  out = io.BytesIO()
+  truncate(io.BytesIO(data), out, scales=4, layout=FRAMES)
+  assert out.getvalue() == write_stream(dataclasses.replace(header, layout=FRAMES), frames)
+  back = io.BytesIO()
+  truncate(io.BytesIO(out.getvalue()), back, scales=4, layout=LAYERED)
+  assert back.getvalue() == data
+
+
+def test_layered_container_costs_no_more_than_frame_major_at_0p02_bpp():
+  """640x480 at 0.02 bpp, GOPs of 8: the layered index costs less than the frame-major type bytes."""
+  rng = np.random.default_rng(11)
+  frames = []
+  for i in range(240):
+    sizes = [90, 650, 1650] if i % 8 == 0 else [60, 475]
+    frames.append(Frame(I_FRAME if i % 8 == 0 else P_FRAME,
+                        [Chunk(rng.bytes(s + int(rng.integers(-20, 21))), 0) for s in sizes]))
+  layered = stats(_header(gop=8, layout=LAYERED), frames)
+  major = stats(_header(gop=8), frames)
+  assert layered["payload_bytes"] == major["payload_bytes"]
+  assert layered["total_bytes"] <= major["total_bytes"] * 1.005
+  assert layered["container_share"] < 0.01

@@ -4,6 +4,7 @@ import io
 import os
 import subprocess
 import sys
+import warnings
 
 import numpy as np
 import pytest
@@ -143,3 +144,41 @@ def test_a_stream_decodes_identically_under_other_machine_setups(setup, wide_str
   # The tokenizer's decoder is float: another ISA or thread split may round a pixel differently.
   diff = np.abs(there["frames"].astype(np.int16) - pixels)
   assert diff.max() <= 3 and diff.mean() < 0.01, (diff.max(), diff.mean())
+
+
+@pytest.fixture(scope="module")
+def gop_clip():
+  return video.read_frames(samples.sample_videos()[1], count=8)  # carphone: one GOP of 8 frames
+
+
+@pytest.mark.slow
+def test_every_prefix_of_a_layered_stream_decodes_the_whole_clip(gop_clip):
+  """50 random cuts of a layered stream: each decodes to every frame, and quality rises with the bytes."""
+  data = codec.encode(gop_clip, gop=8)  # layered: the default
+  header, frames = bitstream.read_stream(data)
+  assert header.layout == bitstream.LAYERED
+  first = next(n for n in range(len(header.to_bytes()), len(data)) if bitstream.read_prefix(data[:n])[1])  # frame 0, scale 1
+  rng = np.random.default_rng(0)
+  cuts = sorted(set(rng.integers(first, len(data), 49).tolist())) + [len(data)]
+  psnrs = []
+  for cut in cuts:
+    with warnings.catch_warnings(record=True) as caught:
+      warnings.simplefilter("always")
+      out = codec.decode(data[:cut], complete="none")
+    assert out.shape == gop_clip.shape
+    assert bool(caught) == (cut < len(data))  # a cut stream says what arrived
+    psnrs.append(metrics.psnr_rgb(gop_clip, out))
+  assert all(b >= a for a, b in zip(psnrs, psnrs[1:])), list(zip(cuts, psnrs))
+  assert psnrs[-1] > psnrs[0] + 5, psnrs
+  with pytest.raises(bitstream.StreamError, match="before its first frame's first scale"):
+    codec.decode(data[:first - 1], complete="none")
+
+
+@pytest.mark.slow
+def test_layered_and_frame_major_streams_decode_to_the_same_frames(gop_clip):
+  layered = codec.encode(gop_clip, gop=4)
+  major = codec.encode(gop_clip, gop=4, layout="frames")
+  out = io.BytesIO()
+  bitstream.truncate(io.BytesIO(layered), out, scales=99, layout=bitstream.FRAMES)
+  assert out.getvalue() == major  # the same chunks, only laid out differently
+  assert np.array_equal(codec.decode(layered), codec.decode(major))
