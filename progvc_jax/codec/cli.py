@@ -177,8 +177,8 @@ def parser() -> argparse.ArgumentParser:
   rate.add_argument("--target-kbps", type=float, help="bitrate target; picks the scales of each GOP")
   e.add_argument("--gop", type=int, default=30, help="an I-frame every N frames (default 30)")
   e.add_argument("--layout", choices=("layered", "frames"), default="layered",
-                 help="layered (default): each GOP scale by scale, so any prefix of the file decodes to the "
-                      "whole video at fewer scales; frames: frame after frame, for low latency")
+                 help="layered (default): each GOP scale by scale, so any prefix of the file decodes (the GOP "
+                      "it ends in at fewer scales); frames: frame after frame, for low latency")
   e.add_argument("--rd-lambda", type=float, default=None,
                  help="weight of bits against distortion when choosing tokens on I-frames (P-frames use twice "
                       "it): higher spends fewer bits on details the model does not expect; 0 takes the "

@@ -16,7 +16,8 @@ dropping chunks is all truncation does, so these sizes are exact); a GOP
 that does not fit even at one scale is sent at one scale.
 
 Layout (bitstream): LAYERED by default, so that any prefix of the file
-decodes to the whole video at fewer scales; FRAMES for low latency.
+decodes (the GOPs it reaches, the last one at the scales that arrived);
+FRAMES for low latency.
 """
 
 import fractions
