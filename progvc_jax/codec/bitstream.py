@@ -472,17 +472,24 @@ class Reader:
     arrived = self.offset + (self._left or 0)  # a seekable source's short read does not read its last bytes
     self.cut = Cut(arrived, whole, reduced, self.header.frame_count - whole - reduced)
 
+  def _first_byte(self, done: int) -> bytes | None:
+    """The first byte of the next frame (or GOP) after `done` frames; None where a partial stream ends."""
+    head = self._read(1, allow_short=True)
+    if head:
+      return head
+    if self.partial:
+      self._ended(done, 0)
+      return None
+    raise StreamError(f"stream truncated: it ends after {done} frames, the header says {self.header.frame_count}")
+
   def _frame_major(self) -> Iterator[Frame]:
     count, k = self.header.frame_count, self.header.num_scales
     prev_scales = None
     for i in range(count):
       self._where = f"frame {i}"
-      head = self._read(1, allow_short=True)
-      if not head:
-        if self.partial:
-          self._ended(i, 0)
-          return
-        raise StreamError(f"stream truncated: it ends after {i} frames, the header says {count}")
+      head = self._first_byte(i)
+      if head is None:
+        return
       b = head[0]
       _check_frame(i, b >> 7, b & 0x7F, prev_scales, k)
       chunks = []
@@ -505,12 +512,9 @@ class Reader:
     done, g = 0, 0
     while done < count:
       self._where = f"GOP {g} (frames from {done}) index"
-      first = self._read(1, allow_short=True)
-      if not first:
-        if self.partial:
-          self._ended(done, 0)
-          return
-        raise StreamError(f"stream truncated: it ends after {done} frames, the header says {count}")
+      first = self._first_byte(done)
+      if first is None:
+        return
       gop: list[Frame] = []
       counts: list[int] = []
       try:
