@@ -86,7 +86,8 @@ def cmd_decode(args) -> None:
           bar.update(1)
       video.write_video(args.output, counted(), header.fps_num / header.fps_den)
   if reader.cut is not None:
-    print(f"progvc: note: {reader.cut.describe()}; those repeat the last frame decoded", file=sys.stderr)
+    repeat = "; those repeat the last frame decoded" if reader.cut.missing else ""
+    print(f"progvc: note: {reader.cut.describe()}{repeat}", file=sys.stderr)
 
 
 def _stdin():
