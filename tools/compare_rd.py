@@ -68,7 +68,8 @@ def compare(reference: list[dict], test: list[dict]) -> dict:
       out["per_k"].append({"mode": mode, "setting": s, "bpp_reference": a, "bpp_test": b,
                            "rate_change_percent": 100.0 * (b / a - 1.0)})
     for metric in METRICS:
-      rows = [(ref[mode][s], new[mode][s]) for s in settings if ref[mode][s][metric] and new[mode][s][metric]]
+      # Runs from before a metric existed have no column for it.
+      rows = [(ref[mode][s], new[mode][s]) for s in settings if ref[mode][s].get(metric) and new[mode][s].get(metric)]
       if not rows:
         continue
       entry = {"mode": mode, "metric": metric}

@@ -1,11 +1,13 @@
 """Rate-distortion evaluation of a codec bundle against x264 and x265 on one clip.
 
   python tools/eval_rd.py --model BUNDLE --video CLIP --out DIR [--frames 16] [--modes none,sample]
-      [--kbps 100,200] [--anchors x264,x265] [--gop 30] [--lpips weights.npz] [--no-vmaf]
+      [--kbps 100,200] [--anchors x264,x265] [--gop 30] [--lpips weights.npz] [--novmaf]
+      [--nossimulacra2] [--cvvdp | --nocvvdp]
 
 Writes DIR/points.csv and DIR/results.json (every point: bytes, bpp from the
-real file sizes, PSNR RGB and Y, MS-SSIM, VMAF, LPIPS when a weights file is
-named; BD-rate and BD-quality of each progvc curve against each anchor), one
+real file sizes, PSNR RGB and Y, MS-SSIM, VMAF and VMAF NEG, SSIMULACRA 2,
+ColorVideoVDP where the perceptual extra is installed, LPIPS when a weights
+file is named; BD-rate and BD-quality of each progvc curve against each anchor), one
 RD plot per metric (DIR/rd_<metric>.png), and DIR/strip.png (source, progvc
 at several K, x265 at a similar bpp). VMAF and the anchors use the ffmpeg
 inside the imageio-ffmpeg wheel (PROGVC_FFMPEG to use another).
@@ -38,7 +40,9 @@ flags.DEFINE_list("kbps", [], "progvc rate-control points (--target-kbps values)
 flags.DEFINE_list("anchors", ["x264", "x265"], "Anchor codecs: x264, x265, svtav1, vvc.")
 flags.DEFINE_integer("seed", 0, "Seed of sample completion.")
 flags.DEFINE_string("lpips", None, "LPIPS weights (.npz) to also score LPIPS.")
-flags.DEFINE_bool("vmaf", True, "Score VMAF (needs an ffmpeg with libvmaf).")
+flags.DEFINE_bool("vmaf", True, "Score VMAF and VMAF NEG (needs an ffmpeg with libvmaf).")
+flags.DEFINE_bool("ssimulacra2", True, "Score SSIMULACRA 2 (about 0.2 s a 480x360 frame).")
+flags.DEFINE_bool("cvvdp", None, "Score ColorVideoVDP (needs the perceptual extra); default: where it is installed.")
 flags.DEFINE_float("rd_lambda", None, "Weight of bits against distortion in progvc's token choice on "
                    "I-frames (default: the encoder's; 0: the nearest codes).")
 flags.DEFINE_float("p_lambda_scale", None, "P-frames' weight over --rd_lambda (default: the encoder's).")
@@ -74,6 +78,12 @@ def main(argv):
       print(f"{len(results['points'])} points on {results['frames']} frames, scores from {FLAGS.scores_from} "
             f"-> {FLAGS.out}/points.csv")
       return
+    from progvc_jax.eval import metrics
+    use_cvvdp = FLAGS.cvvdp
+    if use_cvvdp is None:
+      use_cvvdp = metrics.cvvdp_available()
+      if not use_cvvdp:
+        print(f"eval_rd: note: no ColorVideoVDP scores; for them, {metrics.CVVDP_INSTALL}", file=sys.stderr)
     jobs = rd.plan(model, FLAGS.modes, kbps, FLAGS.anchors)
     with tqdm(total=len(jobs), unit="point", desc="rd", file=sys.stderr) as bar:
       def step(name):
@@ -81,7 +91,7 @@ def main(argv):
         bar.update(1)
       results = rd.run(model, frames, info.fps or 25.0, FLAGS.out, modes=FLAGS.modes, kbps=kbps,
                        codecs=FLAGS.anchors, gop=FLAGS.gop, seed=FLAGS.seed, use_vmaf=FLAGS.vmaf,
-                       lpips_path=FLAGS.lpips, rd_lambda=FLAGS.rd_lambda,
+                       use_ssimulacra2=FLAGS.ssimulacra2, use_cvvdp=use_cvvdp, lpips_path=FLAGS.lpips, rd_lambda=FLAGS.rd_lambda,
                        p_lambda_scale=FLAGS.p_lambda_scale, progress=step)
   except (ValueError, OSError, RuntimeError) as e:
     sys.exit(f"eval_rd: {e}")

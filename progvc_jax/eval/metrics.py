@@ -3,15 +3,19 @@
 Every metric takes the source and the decoded video on the same frames, as
 uint8 RGB arrays (T, H, W, 3) of one shape, and scores each frame; the
 clip's score is the mean over frames. VMAF also takes video files.
+ColorVideoVDP scores the clip as a whole (it models temporal vision), and
+runs only where the `perceptual` extra (PyTorch and cvvdp) is installed.
 
 Not here: DISTS and FID, which need network weights that progvc does not
 ship; LPIPS runs only with a weights file the caller names.
 """
 
+import functools
+import io
 import json
 import os
 import tempfile
-from typing import Iterator
+from typing import Iterator, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -24,6 +28,8 @@ from progvc_jax.eval import ffmpeg
 MAX_PSNR = 100.0  # dB given to identical frames, whose MSE is 0
 BT709_LUMA = (0.2126, 0.7152, 0.0722)
 VMAF_MODEL = "vmaf_v0.6.1"
+VMAF_NEG_MODEL = "vmaf_v0.6.1neg"  # "no enhancement gain": sharpening and contrast boosts score no higher
+CVVDP_DISPLAY = "standard_fhd"  # cvvdp's 24-inch 1920x1080 office monitor, 200 cd/m2, seen from 60 cm
 _BATCH_PIXELS = 1 << 21  # frames per JAX call: about 2 Mpixel, a few hundred MB of MS-SSIM moments
 
 _ms_ssim_jit = jax.jit(losses.ms_ssim, static_argnames=("weights",))
@@ -154,13 +160,17 @@ def _as_file(frames_or_path: np.ndarray | str, name: str, folder: str) -> tuple[
   return os.fspath(frames_or_path), (info.num_frames, info.height, info.width)
 
 
-def vmaf_frames(ref: np.ndarray | str, dist: np.ndarray | str) -> np.ndarray:
-  """Per-frame VMAF (model vmaf_v0.6.1, ffmpeg's libvmaf) of dist against ref, shape (T,).
+def vmaf_models_frames(ref: np.ndarray | str, dist: np.ndarray | str,
+                       models: Sequence[str] = (VMAF_MODEL, VMAF_NEG_MODEL)) -> dict[str, np.ndarray]:
+  """Per-frame VMAF of dist against ref under each of libvmaf's built-in `models`, in one ffmpeg run.
 
-  ref, dist: uint8 RGB arrays (T, H, W, 3), written as BT.709 limited-range
-  4:2:0 y4m for libvmaf, or paths of 8-bit 4:2:0 videos. Both must have
-  the same size and number of frames; frame i is compared with frame i.
+  Returns {model: scores of shape (T,)}. ref, dist: uint8 RGB arrays
+  (T, H, W, 3), written as BT.709 limited-range 4:2:0 y4m for libvmaf, or
+  paths of 8-bit 4:2:0 videos. Both must have the same size and number of
+  frames; frame i is compared with frame i.
   """
+  if not models:
+    raise ValueError("VMAF needs at least one model")
   ffmpeg.require("libvmaf")
   with tempfile.TemporaryDirectory(prefix="progvc-vmaf-") as tmp:
     ref_path, ref_shape = _as_file(ref, "ref", tmp)
@@ -168,24 +178,113 @@ def vmaf_frames(ref: np.ndarray | str, dist: np.ndarray | str) -> np.ndarray:
     if ref_shape != dist_shape:
       raise ValueError(f"VMAF needs the same frames in ref and dist: (frames, height, width) "
                        f"{ref_shape} and {dist_shape}")
+    # Each model's score is logged under the name given here: m0, m1, ...
+    model_arg = "|".join(rf"version={m}\:name=m{i}" for i, m in enumerate(models))
     # Timestamps renumbered by index, so that files with other rates or start times still pair up.
     graph = (f"[0:v]settb=AVTB,setpts=N[dist];[1:v]settb=AVTB,setpts=N[ref];"
-             f"[dist][ref]libvmaf=model='version={VMAF_MODEL}':log_fmt=json:log_path=vmaf.json"
+             f"[dist][ref]libvmaf=model='{model_arg}':log_fmt=json:log_path=vmaf.json"
              f":n_threads={os.cpu_count() or 1}")
     # cwd=tmp keeps the log path free of characters that filtergraphs would need escaped.
     ffmpeg.run(["-i", os.path.abspath(dist_path), "-i", os.path.abspath(ref_path), "-lavfi", graph,
                 "-f", "null", "-"], "VMAF", cwd=tmp)
     with open(os.path.join(tmp, "vmaf.json"), encoding="utf-8") as f:
       log = json.load(f)
-  scores = np.array([frame["metrics"]["vmaf"] for frame in log["frames"]], np.float64)
-  if len(scores) != ref_shape[0]:
-    raise ffmpeg.FFmpegError(f"VMAF: libvmaf scored {len(scores)} frames of {ref_shape[0]}")
-  return scores
+  out = {m: np.array([frame["metrics"][f"m{i}"] for frame in log["frames"]], np.float64)
+         for i, m in enumerate(models)}
+  if len(log["frames"]) != ref_shape[0]:
+    raise ffmpeg.FFmpegError(f"VMAF: libvmaf scored {len(log['frames'])} frames of {ref_shape[0]}")
+  return out
 
 
-def vmaf(ref: np.ndarray | str, dist: np.ndarray | str) -> float:
+def vmaf_frames(ref: np.ndarray | str, dist: np.ndarray | str, model: str = VMAF_MODEL) -> np.ndarray:
+  """Per-frame VMAF (ffmpeg's libvmaf, built-in model `model`) of dist against ref, shape (T,).
+
+  Inputs as in vmaf_models_frames. VMAF_NEG_MODEL gives VMAF NEG.
+  """
+  return vmaf_models_frames(ref, dist, (model,))[model]
+
+
+def vmaf(ref: np.ndarray | str, dist: np.ndarray | str, model: str = VMAF_MODEL) -> float:
   """Mean over frames of vmaf_frames (0..100, higher is better)."""
-  return float(np.mean(vmaf_frames(ref, dist)))
+  return float(np.mean(vmaf_frames(ref, dist, model)))
+
+
+def _png(frame: np.ndarray) -> io.BytesIO:
+  from PIL import Image
+  buf = io.BytesIO()
+  Image.fromarray(frame).save(buf, format="PNG", compress_level=0)
+  buf.seek(0)
+  return buf
+
+
+def ssimulacra2_frames(ref: np.ndarray, dist: np.ndarray) -> np.ndarray:
+  """Per-frame SSIMULACRA 2 of dist against ref, shape (T,): 100 for identical frames, lower is worse
+  (about 90 is visually lossless, 70 high quality, 50 medium, 30 low; it can go below 0).
+
+  Computed by the `ssimulacra2` package, a NumPy port of libjxl's tool: sRGB
+  to XYB, SSIM and two edge-difference maps at 6 scales, pooled by 1- and
+  4-norms, weighted and mapped to the score.
+  """
+  _check_pair(ref, dist)
+  from ssimulacra2 import compute_ssimulacra2
+  return np.array([compute_ssimulacra2(_png(r), _png(d)) for r, d in zip(ref, dist)], np.float64)
+
+
+def ssimulacra2(ref: np.ndarray, dist: np.ndarray) -> float:
+  """Mean over frames of ssimulacra2_frames."""
+  return float(np.mean(ssimulacra2_frames(ref, dist)))
+
+
+class MissingExtraError(RuntimeError):
+  """A metric needs an optional install that is missing."""
+
+
+CVVDP_INSTALL = ("pip install 'progvc[perceptual]' (PyTorch and cvvdp, about 5 GB; where pip's configuration "
+                 "points at a local torch+cpu wheel, first run pip install --isolated torch torchvision)")
+
+
+def cvvdp_available() -> bool:
+  """Whether ColorVideoVDP can run here: cvvdp, torch and torchvision import."""
+  try:
+    _cvvdp_module()
+  except MissingExtraError:
+    return False
+  return True
+
+
+@functools.cache
+def _cvvdp_module():
+  try:
+    import pycvvdp
+  except Exception as e:  # ImportError, or torchvision's own failure to load against another torch build
+    raise MissingExtraError(f"ColorVideoVDP needs the perceptual extra ({type(e).__name__}: {e}); "
+                            f"install it with {CVVDP_INSTALL}") from None
+  return pycvvdp
+
+
+@functools.cache
+def _cvvdp_metric(display: str):
+  pycvvdp = _cvvdp_module()
+  import torch
+  return pycvvdp.cvvdp(display_name=display, device=torch.device("cpu"), quiet=True)
+
+
+def cvvdp(ref: np.ndarray, dist: np.ndarray, fps: float, display: str = CVVDP_DISPLAY) -> float:
+  """ColorVideoVDP of dist against ref in JOD (just-objectionable differences): 10 for identical videos,
+  lower is worse; a difference of 1 JOD means that 75% of viewers would prefer the better video.
+
+  The frames are taken as sRGB on cvvdp's display model `display` and seen
+  at `fps` frames a second; one score for the whole clip, on CPU.
+  """
+  _check_pair(ref, dist)
+  if not fps > 0:
+    raise ValueError(f"ColorVideoVDP needs the frame rate, got fps={fps}")
+  metric = _cvvdp_metric(display)
+  import torch
+  with torch.no_grad():
+    jod, _ = metric.predict(torch.from_numpy(np.ascontiguousarray(dist)), torch.from_numpy(np.ascontiguousarray(ref)),
+                            dim_order="FHWC", frames_per_second=float(fps))
+  return float(jod)
 
 
 def bits_per_pixel(num_bytes: int, width: int, height: int, frames: int) -> float:

@@ -21,7 +21,7 @@ from progvc_jax.codec import bitstream, decoder, encoder
 from progvc_jax.codec.model import CodecModel
 from progvc_jax.eval import anchors, bd, ffmpeg, metrics, plots
 
-METRICS = ("psnr_rgb", "psnr_y", "ms_ssim", "vmaf", "lpips")
+METRICS = ("psnr_rgb", "psnr_y", "ms_ssim", "vmaf", "vmaf_neg", "ssimulacra2", "cvvdp", "lpips")
 
 
 @dataclass
@@ -38,11 +38,19 @@ class Point:
     return self.codec if self.codec != "progvc" else f"progvc-{self.mode}"
 
 
-def score(src: np.ndarray, dec: np.ndarray, use_vmaf: bool, lpips_path: str | None) -> dict:
+def score(src: np.ndarray, dec: np.ndarray, *, fps: float, use_vmaf: bool = True, use_ssimulacra2: bool = True,
+          use_cvvdp: bool = False, lpips_path: str | None = None) -> dict:
+  """Every metric asked for, as {name in METRICS: clip score}; VMAF gives vmaf and vmaf_neg in one run."""
   out = {"psnr_rgb": metrics.psnr_rgb(src, dec), "psnr_y": metrics.psnr_y(src, dec),
          "ms_ssim": metrics.ms_ssim(src, dec)}
   if use_vmaf:
-    out["vmaf"] = metrics.vmaf(src, dec)
+    both = metrics.vmaf_models_frames(src, dec, (metrics.VMAF_MODEL, metrics.VMAF_NEG_MODEL))
+    out["vmaf"] = float(np.mean(both[metrics.VMAF_MODEL]))
+    out["vmaf_neg"] = float(np.mean(both[metrics.VMAF_NEG_MODEL]))
+  if use_ssimulacra2:
+    out["ssimulacra2"] = metrics.ssimulacra2(src, dec)
+  if use_cvvdp:
+    out["cvvdp"] = metrics.cvvdp(src, dec, fps)
   if lpips_path:
     out["lpips"] = metrics.lpips(src, dec, lpips_path)
   return out
@@ -61,9 +69,12 @@ def plan(model: CodecModel, modes: Sequence[str], kbps: Sequence[float], codecs:
 
 def run(model: CodecModel, frames: np.ndarray, fps: float, out: str, *, modes: Sequence[str] = ("none",),
         kbps: Sequence[float] = (), codecs: Sequence[str] = ("x264", "x265"), gop: int = 30, seed: int = 0,
-        use_vmaf: bool = True, lpips_path: str | None = None, rd_lambda: float | None = None,
+        use_vmaf: bool = True, use_ssimulacra2: bool = True, use_cvvdp: bool = False,
+        lpips_path: str | None = None, rd_lambda: float | None = None,
         p_lambda_scale: float | None = None, progress: Callable[[str], None] | None = None) -> dict:
   """Runs every point of `plan`, writes points.csv, results.json, rd_<metric>.png and strip.png to `out`.
+
+  use_vmaf scores VMAF and VMAF NEG; use_cvvdp ColorVideoVDP (the perceptual extra).
 
   rd_lambda: the encoder's rate-distortion weight on I-frames (None: encoder.DEFAULT_RD_LAMBDA);
   p_lambda_scale: P-frames' weight over it (None: encoder.DEFAULT_P_LAMBDA_SCALE).
@@ -75,6 +86,8 @@ def run(model: CodecModel, frames: np.ndarray, fps: float, out: str, *, modes: S
   t, height, width = frames.shape[:3]
   if use_vmaf:
     ffmpeg.require("libvmaf")
+  if use_cvvdp:
+    metrics.cvvdp(frames[:1], frames[:1], fps)  # fails now, not after the encodes, if the extra is missing
   missing = [c for c in codecs if c not in anchors.available_codecs()]
   if missing:
     raise ffmpeg.FFmpegError(f"ffmpeg at {ffmpeg.executable()} cannot encode {', '.join(missing)}")
@@ -109,7 +122,8 @@ def run(model: CodecModel, frames: np.ndarray, fps: float, out: str, *, modes: S
       a = anchors.encode_anchor(codec, frames, fps, value, out)
       dec = a.frames_decoded
       point = Point(codec, "", f"crf={value}", a.bytes, bpp(a.bytes))
-    point.scores = score(frames, dec, use_vmaf, lpips_path)
+    point.scores = score(frames, dec, fps=fps, use_vmaf=use_vmaf, use_ssimulacra2=use_ssimulacra2,
+                         use_cvvdp=use_cvvdp, lpips_path=lpips_path)
     points.append(point)
     if codec == "progvc" and value == model.num_scales and mode != "rate":
       all_scales = (point, dec)

@@ -2,10 +2,12 @@
 
 import os
 import random
+import sys
 
 import numpy as np
 import pytest
 from PIL import Image
+from scipy import ndimage
 
 from progvc_jax import losses
 from progvc_jax.data import samples, video
@@ -151,6 +153,73 @@ def test_vmaf(clip, x264, tmp_path):
     metrics.vmaf(clip, clip[:5])
 
 
+def _sharpened(clip: np.ndarray) -> np.ndarray:
+  """An unsharp mask of weight 1: more contrast at edges, nothing removed."""
+  blur = ndimage.gaussian_filter(clip.astype(np.float64), (0, 1, 1, 0))
+  return np.clip(clip + (clip - blur), 0, 255).astype(np.uint8)
+
+
+def test_vmaf_neg_does_not_reward_sharpening(clip, x264):
+  sharp = _sharpened(clip)
+  both = metrics.vmaf_models_frames(clip, sharp)
+  # VMAF scores the sharpened clip at its ceiling, as good as the source; NEG takes points off.
+  assert both[metrics.VMAF_MODEL].mean() > 99
+  assert both[metrics.VMAF_NEG_MODEL].mean() < both[metrics.VMAF_MODEL].mean() - 8
+  # One run with both models gives each model's own scores, frame by frame.
+  np.testing.assert_allclose(both[metrics.VMAF_NEG_MODEL], metrics.vmaf_frames(clip, sharp, metrics.VMAF_NEG_MODEL),
+                             atol=1e-6)
+  # On coding loss NEG still ranks like VMAF.
+  assert metrics.vmaf(clip, x264[22].frames_decoded, metrics.VMAF_NEG_MODEL) > \
+      metrics.vmaf(clip, x264[45].frames_decoded, metrics.VMAF_NEG_MODEL) + 20
+  with pytest.raises(ValueError, match="at least one model"):
+    metrics.vmaf_models_frames(clip, sharp, ())
+
+
+def test_ssimulacra2(clip, x264):
+  assert metrics.ssimulacra2(clip[:2], clip[:2]) == pytest.approx(100)
+  per_frame = metrics.ssimulacra2_frames(clip, x264[45].frames_decoded)
+  assert per_frame.shape == (NUM_FRAMES,)
+  # The ladder ranks in order (measured: 64, 40 and 4 on these 10 frames, 33, 27 and 22 dB PSNR).
+  scores = [metrics.ssimulacra2(clip, x264[q].frames_decoded) for q in (22, 35)]
+  assert scores[0] > 55 and scores[0] > scores[1] + 15 > per_frame.mean() + 30
+  assert per_frame.mean() < 15
+  # Sharpening is a change, not an improvement.
+  assert metrics.ssimulacra2(clip, _sharpened(clip)) < 90
+
+
+needs_cvvdp = pytest.mark.skipif(not metrics.cvvdp_available(),
+                                 reason="ColorVideoVDP needs the perceptual extra (pip install '.[perceptual]')")
+
+
+@needs_cvvdp
+def test_cvvdp_scores_in_jod(clip, x264):
+  assert metrics.cvvdp(clip[:4], clip[:4], FPS) == pytest.approx(10, abs=1e-4)
+  jod = [metrics.cvvdp(clip, x264[q].frames_decoded, FPS) for q in (22, 35, 45)]
+  assert 10 > jod[0] > jod[1] > jod[2] > 3
+  # A video metric: one damaged frame costs less than the same damage on every frame.
+  rng = np.random.default_rng(0)
+  noise = rng.normal(0, 12, clip.shape)
+  every = np.clip(clip + noise, 0, 255).astype(np.uint8)
+  one = clip.copy()
+  one[NUM_FRAMES // 2] = every[NUM_FRAMES // 2]
+  assert metrics.cvvdp(clip, one, FPS) > metrics.cvvdp(clip, every, FPS) + 0.5
+  with pytest.raises(ValueError, match="frame rate"):
+    metrics.cvvdp(clip, clip, 0)
+
+
+def test_cvvdp_without_the_extra_says_how_to_install_it(clip, monkeypatch):
+  metrics._cvvdp_module.cache_clear()
+  metrics._cvvdp_metric.cache_clear()
+  monkeypatch.setitem(sys.modules, "pycvvdp", None)  # import pycvvdp now raises ImportError
+  try:
+    assert not metrics.cvvdp_available()
+    with pytest.raises(metrics.MissingExtraError, match=r"progvc\[perceptual\]"):
+      metrics.cvvdp(clip[:2], clip[:2], FPS)
+  finally:
+    metrics._cvvdp_module.cache_clear()
+    metrics._cvvdp_metric.cache_clear()
+
+
 def test_lpips_with_a_weights_file(tmp_path):
   rng = np.random.default_rng(0)
   weights = {k: rng.normal(0, 0.1, s).astype(np.float32) for k, s in losses.lpips_weight_shapes().items()}
@@ -165,7 +234,7 @@ def test_lpips_with_a_weights_file(tmp_path):
     metrics.lpips(x, x, "")
 
 
-@pytest.mark.parametrize("fn", [metrics.psnr_rgb, metrics.psnr_y, metrics.ms_ssim])
+@pytest.mark.parametrize("fn", [metrics.psnr_rgb, metrics.psnr_y, metrics.ms_ssim, metrics.ssimulacra2])
 def test_metrics_reject_bad_inputs(clip, fn):
   with pytest.raises(ValueError, match="one shape"):
     fn(clip, clip[:5])

@@ -9,6 +9,7 @@ import sys
 import pytest
 
 from progvc_jax import export
+from progvc_jax.eval import metrics
 from tests.codec.test_codec import write_checkpoints
 
 pytestmark = pytest.mark.slow  # every test here compiles training steps or runs a subprocess
@@ -43,7 +44,10 @@ def test_every_promised_point_is_written(run):
   assert got == want and len(rows) == len(want)
   for r in rows:
     assert float(r["bpp"]) > 0 and float(r["psnr_rgb"]) > 5 and 0 < float(r["ms_ssim"]) <= 1
-    assert r["vmaf"] != ""
+    assert r["vmaf"] != "" and 0 <= float(r["vmaf_neg"]) <= 100
+    assert float(r["ssimulacra2"]) <= 100
+    # ColorVideoVDP by default where the perceptual extra is installed, else left out.
+    assert (r["cvvdp"] != "") == metrics.cvvdp_available()
   # bpp comes from the real files: progvc's K=2 point is the size of its truncated stream.
   k2 = next(r for r in rows if r["codec"] == "progvc" and r["setting"] == "K=2" and r["mode"] == "none")
   assert int(k2["bytes"]) == os.path.getsize(out / "progvc_K2.pgvc")
@@ -53,7 +57,8 @@ def test_every_promised_point_is_written(run):
   results = json.load(open(out / "results.json"))
   assert len(results["points"]) == len(want)
   assert {(b["metric"], b["test"], b["reference"]) for b in results["bd"]} >= {("psnr_rgb", "progvc-none", "x264")}
-  for name in ("rd_psnr_rgb.png", "rd_psnr_y.png", "rd_ms_ssim.png", "rd_vmaf.png", "strip.png"):
+  for name in ("rd_psnr_rgb.png", "rd_psnr_y.png", "rd_ms_ssim.png", "rd_vmaf.png", "rd_vmaf_neg.png",
+               "rd_ssimulacra2.png", "strip.png"):
     assert (out / name).stat().st_size > 1000
   assert "rd:" in proc.stderr  # progress bar
 
