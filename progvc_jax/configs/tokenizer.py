@@ -44,6 +44,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   small = arg.variant in ("tiny", "default")  # CPU-sized: shorter warmup, no GAN, frequent logs
   c = common.new_config("tokenizer", arg, steps, batch)
   c.init_from = ""  # a parameter checkpoint (e.g. a converted VAR tokenizer)
+  # Parameter groups that learn, comma-separated (empty: all). "decoder,post_quant_conv" fine-tunes the
+  # decoder of an --config.init_from tokenizer: encoder and codebook, and so every token, stay as they were.
+  c.train_only = ""
 
   c.model = dict(MODELS[arg.variant], num_phi=4, phi_ratio=0.5, beta=0.25)
   c.disc = dict(ch=64 if not small else 32, n_layers=3,

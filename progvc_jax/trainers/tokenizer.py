@@ -9,6 +9,12 @@ evaluation, loop. The train state is a plain dict of arrays:
 back into modules with `nnx.merge(graphdef, params)` inside the jitted step);
 `usage` is an EMA of how often each code is hit, which decides which dead
 codes are brought back.
+
+`config.train_only` names the parts that learn (top-level parameter
+groups, e.g. "decoder,post_quant_conv": a decoder fine-tune). The others
+stay bit for bit as they were, in `params` and in `ema`, so the tokens of a
+codec built on them, and the context model trained on those tokens, stay
+valid; codebook revival is then off unless the quantizer learns.
 """
 
 
@@ -60,6 +66,7 @@ class Trainer:
     self.dtx = common.make_optimizer(config.optimizer, config.total_steps, lr=config.disc_lr)
     self.lpips = losses.lpips_from_config(config.lpips_path or None)
     self.msssim_w = ms_ssim_weights(config.data.crop)
+    self.trainable = trainable_groups(config, tok_state)
 
     rules = dict(config.sharding_rules)
     p_sh = sharding.param_shardings(tok_state, rules, mesh)
@@ -102,9 +109,15 @@ class Trainer:
       loss += c.lpips * jnp.mean(losses.lpips_distance(self.lpips.params, rec, x))
     return loss
 
+  def _frozen_kept(self, new, old):
+    """`new` with every group that does not learn taken from `old` (exactly)."""
+    return {k: (v if k in self.trainable else old[k]) for k, v in new.items()}
+
   def _losses(self, params, disc, x, rng, step):
     """Generator loss of one micro-batch x (N, H, W, 3); returns (loss, aux)."""
     c = self.config
+    # Groups that do not learn take no gradient (and XLA drops their backward pass).
+    params = {k: (v if k in self.trainable else jax.lax.stop_gradient(v)) for k, v in params.items()}
     tok = nnx.merge(self.tok_def, params)
     r_keep, r_use = jax.random.split(rng)
     # Random-prefix training: a share of the frames is decoded from a random
@@ -160,7 +173,7 @@ class Trainer:
     grads, dgrads, figures = jax.tree.map(lambda a: a / c.grad_accum, (grads, dgrads, figures))
 
     updates, opt = self.tx.update(grads, state["opt"], state["params"])
-    params = optax.apply_updates(state["params"], updates)
+    params = self._frozen_kept(optax.apply_updates(state["params"], updates), state["params"])
     d_updates, disc_opt = self.dtx.update(dgrads, state["disc_opt"], state["disc"])
     disc = optax.apply_updates(state["disc"], d_updates)
     # The discriminator trains only once the GAN loss is on.
@@ -169,7 +182,8 @@ class Trainer:
 
     # Dead codes come back as latent vectors of this batch.
     usage = state["usage"] * c.codebook.usage_decay + hits.sum(0) * (1 - c.codebook.usage_decay)
-    revive = (c.codebook.revive_every > 0) & ((step + 1) % max(c.codebook.revive_every, 1) == 0)
+    revive = ((c.codebook.revive_every > 0) & ("quantizer" in self.trainable)
+              & ((step + 1) % max(c.codebook.revive_every, 1) == 0))
     cands = latents.reshape(-1, latents.shape[-1])
     book, n_revived = qz.revive_dead_codes(params["quantizer"]["codebook"], usage, cands,
                                            jax.random.fold_in(rng, c.grad_accum), c.codebook.revive_threshold)
@@ -179,7 +193,7 @@ class Trainer:
     # NaN/inf guard: a non-finite step leaves the state as it was.
     ok = common.all_finite(grads, dgrads, figures["loss"])
     new = dict(step=step + 1, params=params, opt=opt, disc=disc, disc_opt=disc_opt, usage=usage,
-               ema=common.ema_update(state["ema"], params, c.ema_decay))
+               ema=self._frozen_kept(common.ema_update(state["ema"], params, c.ema_decay), params))
     new = common.select(ok, new, dict(state, step=step + 1))
     figures.update(grad_norm=optax.tree.norm(grads), nonfinite=1.0 - ok.astype(jnp.float32),
                    revived=jnp.where(revive, n_revived, 0).astype(jnp.float32))
@@ -204,6 +218,19 @@ class Trainer:
     grid = jnp.concatenate([jnp.concatenate([x[i], mid[i], recs[-1][i]], axis=1) for i in range(n)], axis=0)
     return dict(psnr=jnp.stack(psnr), ms_ssim=jnp.stack(ssim), hits=hits,
                 grid=((grid + 1) * 127.5).clip(0, 255).astype(jnp.uint8))
+
+
+def trainable_groups(config, tok_state) -> frozenset[str]:
+  """The top-level parameter groups that learn: config.train_only's names, or all of them when it is empty."""
+  groups = set(nnx.to_pure_dict(tok_state))
+  names = {n.strip() for n in str(config.get("train_only", "") or "").split(",") if n.strip()}
+  if not names:
+    return frozenset(groups)
+  unknown = names - groups
+  if unknown:
+    raise ValueError(f"train_only names {', '.join(sorted(unknown))}, not parameter groups of the tokenizer "
+                     f"({', '.join(sorted(groups))})")
+  return frozenset(names)
 
 
 def train_and_evaluate(config, workdir: str, stop_at: int | None = None):

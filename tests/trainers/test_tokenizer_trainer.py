@@ -126,6 +126,28 @@ def test_bfloat16_and_gan_step(mesh222):
   assert max(moved) > 0  # the discriminator trains once the GAN is on
 
 
+def test_decoder_fine_tune_keeps_encoder_and_codebook_bit_for_bit(mesh222):
+  """train_only: only the named groups learn (here with the GAN on); tokens cannot change."""
+  config = small_config(train_only="decoder,post_quant_conv",
+                        **{"loss.gan": 0.5, "loss.gan_start": 0, "codebook.revive_every": 1})
+  trainer = trainer_lib.Trainer(config, mesh222)
+  state = trainer.init(jax.random.key(0))
+  before = jax.device_get(state["params"])
+  batch = jax.device_put(photo_batch(), sharding.batch_sharding(mesh222, 5))
+  for _ in range(3):
+    state, figures = trainer.step(state, batch)
+  assert float(figures["gan_weight"]) > 0 and float(figures["nonfinite"]) == 0.0
+  after, ema = jax.device_get(state["params"]), jax.device_get(state["ema"])
+  for group in ("encoder", "quant_conv", "quantizer"):
+    for a, b, e in zip(jax.tree.leaves(before[group]), jax.tree.leaves(after[group]), jax.tree.leaves(ema[group])):
+      assert np.array_equal(a, b) and np.array_equal(a, e), group
+  for group in ("decoder", "post_quant_conv"):
+    assert any(not np.array_equal(a, b) for a, b in zip(jax.tree.leaves(before[group]),
+                                                        jax.tree.leaves(after[group]))), group
+  with pytest.raises(ValueError, match="train_only names decodr, not parameter groups"):
+    trainer_lib.Trainer(small_config(train_only="decodr"), mesh222)
+
+
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
   """An uninterrupted 4-step run, and one stopped after step 2 then resumed."""
