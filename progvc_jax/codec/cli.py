@@ -189,12 +189,18 @@ def parser() -> argparse.ArgumentParser:
   d.add_argument("input", help="the stream; - reads it from standard input")
   d.add_argument("output", help="the video (.y4m, .mp4, .mkv, .avi); - writes Y4M to standard output")
   d.add_argument("--model", help="codec bundle (default: the model shipped with progvc)")
-  d.add_argument("--complete", choices=("sample", "argmax", "none"), default="sample",
-                 help="how to fill the scales that were not sent: generate them (sample, argmax) or decode the prefix as it is (none); default sample")
+  from progvc_jax.codec import DEFAULT_COMPLETION as best
+  d.add_argument("--complete", choices=("sample", "argmax", "none"), default=best["complete"],
+                 help="how to fill the scales that were not sent: generate them (sample, argmax) or decode the "
+                      f"prefix as it is (none); default {best['complete']}, the best measured (README)")
   d.add_argument("--seed", type=int, default=0, help="seed of --complete sample")
-  d.add_argument("--temperature", type=float, default=1.0)
-  d.add_argument("--top-k", type=int, default=0)
-  d.add_argument("--top-p", type=float, default=1.0)
+  d.add_argument("--temperature", type=float, default=best["temperature"],
+                 help=f"--complete sample: sharpen (<1) or flatten (>1) the model's probabilities; default {best['temperature']:g}")
+  d.add_argument("--top-k", type=int, default=best["top_k"],
+                 help=f"--complete sample: draw from the k most probable codes only (0: all); default {best['top_k']}")
+  d.add_argument("--top-p", type=float, default=best["top_p"],
+                 help="--complete sample: draw from the fewest codes whose probability reaches p; "
+                      f"default {best['top_p']:g}")
   d.add_argument("--tile-batch", type=_positive, default=None,
                  help="run the context model on at most this many tiles at once (less memory; same result)")
   d.set_defaults(run=cmd_decode)

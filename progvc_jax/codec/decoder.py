@@ -21,7 +21,7 @@ from typing import BinaryIO, Iterator
 import jax
 import numpy as np
 
-from progvc_jax.codec import bitstream, entropy
+from progvc_jax.codec import DEFAULT_COMPLETION, bitstream, entropy
 from progvc_jax.codec.model import CodecModel
 from progvc_jax.models.progressive import COMPLETIONS
 
@@ -41,8 +41,9 @@ def open_stream(f: BinaryIO, partial: bool = True) -> bitstream.Reader:
   return bitstream.Reader(f, partial=partial)
 
 
-def decode_tokens(model: CodecModel, f, *, complete: str = "none", seed: int = 0, temperature: float = 1.0,
-                  top_k: int = 0, top_p: float = 1.0, tile_batch: int | None = None,
+def decode_tokens(model: CodecModel, f, *, complete: str = DEFAULT_COMPLETION["complete"], seed: int = 0,
+                  temperature: float = DEFAULT_COMPLETION["temperature"], top_k: int = DEFAULT_COMPLETION["top_k"],
+                  top_p: float = DEFAULT_COMPLETION["top_p"], tile_batch: int | None = None,
                   partial: bool = True) -> Iterator[tuple[bitstream.Header, list[np.ndarray], object]]:
   """Yields (header, tokens per scale [(tiles, p_k^2)], fhat tiles) for each frame of the container f
   (a file object, or a Reader from `open_stream`).

@@ -262,6 +262,15 @@ def test_fuzzed_streams_decode_or_fail_cleanly(model, full_stream, data):
   assert frames.dtype == np.uint8 and frames.shape[1:] == (139, 170, 3)
 
 
+def test_command_line_and_python_api_complete_with_one_default():
+  import inspect
+  from progvc_jax.codec import DEFAULT_COMPLETION, cli
+  args = cli.parser().parse_args(["decode", "in.pgvc", "out.y4m"])
+  assert {k: getattr(args, k) for k in DEFAULT_COMPLETION} == DEFAULT_COMPLETION
+  defaults = {k: p.default for k, p in inspect.signature(decoder.decode_tokens).parameters.items()}
+  assert {k: defaults[k] for k in DEFAULT_COMPLETION} == DEFAULT_COMPLETION
+
+
 # The command line.
 def progvc(*args, timeout=600):
   return subprocess.run([sys.executable, "-m", "progvc_jax.codec.cli", *map(str, args)], capture_output=True,
