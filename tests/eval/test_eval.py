@@ -337,3 +337,20 @@ def test_frame_strip(tmp_path):
     plots.frame_strip([("bad", a.astype(np.float32))], str(path))
   with pytest.raises(ValueError, match="at least one"):
     plots.frame_strip([], str(path))
+
+
+def test_completion_settings_parse_and_the_best_is_ahead_everywhere():
+  from progvc_jax.eval import completion
+  assert completion.parse_setting("none") == {"complete": "none"}
+  assert completion.parse_setting("sample:t=0.7/k=8/p=0.9") == {"complete": "sample", "temperature": 0.7,
+                                                                "top_k": 8, "top_p": 0.9}
+  for bad, message in (("greedy", "must be one of"), ("argmax:t=0.5", "only sample"), ("sample:q=1", "t=, k= or p=")):
+    with pytest.raises(ValueError, match=message):
+      completion.parse_setting(bad)
+  # a gains more on average but falls behind none once; b is ahead everywhere.
+  table = {"clip": {"K=1": {"none": {"m": 1.0}, "a": {"m": 3.0}, "b": {"m": 1.5}},
+                    "K=2": {"none": {"m": 2.0}, "a": {"m": 1.9}, "b": {"m": 2.1}}}}
+  best, means = completion.best_setting(table, "m")
+  assert best == "b" and means == pytest.approx({"a": 0.95, "b": 0.3})
+  table["clip"]["K=2"]["b"]["m"] = 2.0  # a tie is not ahead
+  assert completion.best_setting(table, "m")[0] is None
