@@ -7,7 +7,8 @@ For each clip and K, writes OUT/strip_<clip>_K<K>.png: the source's middle
 frame, the same frame decoded from the stream cut to K scales with each
 completion setting (as in tools/sweep_completion.py), and x265 (preset
 medium) at the CRF whose rate is nearest to the cut stream's, each labelled
-with its bits per pixel (labels are cut at the frame's width). x265 cannot
+with its bits per pixel (labels are cut at the frame's width). Frames larger
+than --crop show their middle crop. x265 cannot
 go below its rate at CRF 51: where the cut stream is smaller, x265's frame
 is CRF 51 at its own, higher rate.
 """
@@ -27,6 +28,8 @@ flags.DEFINE_integer("gop", 30, "I-frame interval.")
 flags.DEFINE_list("ks", ["2", "3"], "Scales kept.")
 flags.DEFINE_list("settings", ["none", "sample"], "Completion settings (see tools/sweep_completion.py).")
 flags.DEFINE_integer("seed", 0, "Seed of sampling.")
+flags.DEFINE_integer("crop", 640, "Show the middle crop of at most this many pixels a side of larger frames "
+                     "(0: whole frames).")
 flags.DEFINE_string("out", "docs/completion", "Output folder.")
 FLAGS = flags.FLAGS
 
@@ -81,19 +84,22 @@ def main(argv):
     fps = info.fps or 25.0
     t, h, w = frames.shape[:3]
     mid = t // 2
+    ch, cw = (min(h, FLAGS.crop), min(w, FLAGS.crop)) if FLAGS.crop else (h, w)
+    y0, x0 = (h - ch) // 2, (w - cw) // 2
+    shown = lambda frame: frame[y0:y0 + ch, x0:x0 + cw]  # noqa: E731
     full = encoder.encode(frames, model, fps=fps, gop=FLAGS.gop)
     stem = os.path.splitext(os.path.basename(path))[0]
     for k in ks:
       cut = io.BytesIO()
       bitstream.truncate(io.BytesIO(full), cut, k)
       bpp = metrics.bits_per_pixel(len(cut.getvalue()), w, h, t)
-      rows = [("source", frames[mid])]
+      rows = [("source", shown(frames[mid]))]
       for label, kwargs in settings.items():
         dec = decoder.decode(cut.getvalue(), model, seed=FLAGS.seed, **kwargs)
-        rows.append((f"{label} {bpp:.3f}bpp", dec[mid]))
+        rows.append((f"{label} {bpp:.3f}bpp", shown(dec[mid])))
       with tempfile.TemporaryDirectory(prefix="progvc-strip-") as tmp:
         crf, anchor, x265_bpp = nearest_crf(frames, fps, bpp, tmp)
-        rows.append((f"x265 crf{crf} {x265_bpp:.3f}bpp", anchor.frames_decoded[mid]))
+        rows.append((f"x265 crf{crf} {x265_bpp:.3f}bpp", shown(anchor.frames_decoded[mid])))
       out = os.path.join(FLAGS.out, f"strip_{stem}_K{k}.png")
       plots.frame_strip(rows, out)
       print(f"{out}: K={k} {bpp:.4f} bpp, x265 CRF {crf} {x265_bpp:.4f} bpp")
