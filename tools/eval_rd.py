@@ -41,7 +41,7 @@ flags.DEFINE_list("anchors", ["x264", "x265"], "Anchor codecs: x264, x265, svtav
 flags.DEFINE_integer("seed", 0, "Seed of sample completion.")
 flags.DEFINE_string("lpips", None, "LPIPS weights (.npz) to also score LPIPS.")
 flags.DEFINE_bool("vmaf", True, "Score VMAF and VMAF NEG (needs an ffmpeg with libvmaf).")
-flags.DEFINE_bool("ssimulacra2", True, "Score SSIMULACRA 2 (about 0.2 s a 480x360 frame).")
+flags.DEFINE_bool("ssimulacra2", True, "Score SSIMULACRA 2 (about 0.25 s a 640x480 frame on 2 cores).")
 flags.DEFINE_bool("cvvdp", None, "Score ColorVideoVDP (needs the perceptual extra); default: where it is installed.")
 flags.DEFINE_float("rd_lambda", None, "Weight of bits against distortion in progvc's token choice on "
                    "I-frames (default: the encoder's; 0: the nearest codes).")
