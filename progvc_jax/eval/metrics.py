@@ -243,10 +243,15 @@ CVVDP_INSTALL = ("pip install 'progvc[perceptual]' (PyTorch and cvvdp, about 5 G
                  "points at a local torch+cpu wheel, first run pip install --isolated torch torchvision)")
 
 
+def require_cvvdp() -> None:
+  """Raises MissingExtraError, saying how to install it, unless ColorVideoVDP can run here."""
+  _cvvdp_module()
+
+
 def cvvdp_available() -> bool:
   """Whether ColorVideoVDP can run here: cvvdp, torch and torchvision import."""
   try:
-    _cvvdp_module()
+    require_cvvdp()
   except MissingExtraError:
     return False
   return True

@@ -87,7 +87,7 @@ def run(model: CodecModel, frames: np.ndarray, fps: float, out: str, *, modes: S
   if use_vmaf:
     ffmpeg.require("libvmaf")
   if use_cvvdp:
-    metrics.cvvdp(frames[:1], frames[:1], fps)  # fails now, not after the encodes, if the extra is missing
+    metrics.require_cvvdp()  # fails now, not after the encodes, if the extra is missing
   missing = [c for c in codecs if c not in anchors.available_codecs()]
   if missing:
     raise ffmpeg.FFmpegError(f"ffmpeg at {ffmpeg.executable()} cannot encode {', '.join(missing)}")
