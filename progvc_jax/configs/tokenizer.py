@@ -47,6 +47,11 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   # Parameter groups that learn, comma-separated (empty: all). "decoder,post_quant_conv" fine-tunes the
   # decoder of an --config.init_from tokenizer: encoder and codebook, and so every token, stay as they were.
   c.train_only = ""
+  # A codec bundle or context-model checkpoint: frames cut by random-prefix training get their missing scales
+  # from its context model (the setting `completion`), and the decoder learns to render them. Needs
+  # train_only=decoder,post_quant_conv. progvc's default model is fine-tuned so (tools/train_default.sh).
+  c.complete_with = ""
+  c.completion = "argmax"
 
   c.model = dict(MODELS[arg.variant], num_phi=4, phi_ratio=0.5, beta=0.25)
   c.disc = dict(ch=64 if not small else 32, n_layers=3,

@@ -15,6 +15,15 @@ groups, e.g. "decoder,post_quant_conv": a decoder fine-tune). The others
 stay bit for bit as they were, in `params` and in `ema`, so the tokens of a
 codec built on them, and the context model trained on those tokens, stay
 valid; codebook revival is then off unless the quantizer learns.
+
+`config.complete_with` (a codec bundle, or a context-model workdir or
+checkpoint) couples that fine-tune to the generative prior: the frames that
+random-prefix training cuts to k scales get their scales k+1..K from the
+context model (`config.completion`: argmax, or sample with a temperature,
+top-k and top-p), as the codec's decoder completes a truncated stream, and
+the decoder learns to render those token maps against the source. Encoder
+and codebook must then be frozen, since the completed tokens come from
+them.
 """
 
 
@@ -26,11 +35,16 @@ from absl import logging
 from flax import nnx
 
 from progvc_jax import checkpointing, losses, sharding
+from progvc_jax.models import progressive
 from progvc_jax.models import quantizer as qz
 from progvc_jax.models.discriminator import PatchDiscriminator
 from progvc_jax.models import tokenizer
-from progvc_jax.models.tokenizer import Tokenizer
+from progvc_jax.models.tokenizer import Tokenizer, pad_to_multiple
+from progvc_jax.models.transformer import I_FRAME, ContextModel
 from progvc_jax.trainers import common
+
+# Groups a completed token map depends on: they must stay frozen while the decoder learns to render it.
+TOKEN_GROUPS = frozenset({"encoder", "quant_conv", "quantizer"})
 
 FIGURES = ("loss", "rec_loss", "vq_loss", "gan_weight", "disc_loss", "grad_norm", "nonfinite", "revived")
 
@@ -67,6 +81,7 @@ class Trainer:
     self.lpips = losses.lpips_from_config(config.lpips_path or None)
     self.msssim_w = ms_ssim_weights(config.data.crop)
     self.trainable = trainable_groups(config, tok_state)
+    self.completion = completion_model(config, tok, self.trainable, mesh)
 
     rules = dict(config.sharding_rules)
     p_sh = sharding.param_shardings(tok_state, rules, mesh)
@@ -124,7 +139,7 @@ class Trainer:
     # number of scales, so that every prefix is a usable frame.
     keep = jax.random.randint(r_keep, (x.shape[0],), 1, self.num_scales + 1)
     keep = jnp.where(jax.random.uniform(r_use, (x.shape[0],)) < c.random_prefix, keep, self.num_scales)
-    rec, aux = tok(x, keep)
+    rec, aux = tok(x, keep) if self.completion is None else self._completed_forward(tok, x, keep, rng)
     rec_loss = self._reconstruction_loss(rec, x)
     loss = rec_loss + c.loss.vq * aux["vq_loss"]
     gan_weight = jnp.zeros(())
@@ -146,6 +161,36 @@ class Trainer:
     out = dict(rec=rec, hits=aux["hits"], latent=aux["latent"], rec_loss=rec_loss,
                vq_loss=aux["vq_loss"], gan_weight=gan_weight)
     return loss, out
+
+  def _completed_forward(self, tok, x, keep, rng):
+    """tok(x, keep) with the scales after each frame's kept prefix completed by the context model
+    instead of left out: the reconstruction and the quantizer's aux (with `latent`, `last_features`)."""
+    b, height, width, _ = x.shape
+    rows, cols = tok.tile_grid(height, width)
+    tiles = tok.to_tiles(tok.latent(pad_to_multiple(x, tok.pixel_tile)))
+    _, aux = tok.quantizer(tiles)  # every scale's true tokens (encoder and codebook are frozen)
+    tokens = self.complete(tok.quantizer, aux["tokens"], jnp.repeat(keep, rows * cols), (rows, cols), rng)
+    fhat = tok.from_tiles(tok.quantizer.decode(tokens), rows, cols)
+    feats = tok.decoder.features(tok.post_quant_conv(fhat))
+    rec = tok.decoder.output(feats)
+    aux.update(latent=jax.lax.stop_gradient(tiles), last_features=feats)
+    return rec.astype(jnp.float32)[:, :height, :width], aux
+
+  def complete(self, quantizer, tokens, keep, grid, rng):
+    """Token maps [(N, p_k, p_k)] with every tile's scales from keep[i] on chosen by the context model
+    from the scales before them, as an I-frame (one teacher-forced pass per scale)."""
+    model_def, params, setting = self.completion
+    model = nnx.merge(model_def, params)
+    out = [jax.lax.stop_gradient(t) for t in tokens]
+    frame_type = jnp.full((out[0].shape[0],), I_FRAME, jnp.int32)
+    for k in range(1, len(out)):
+      x_next, _ = progressive.teacher_inputs(quantizer, out, grid, model.neighbourhood)
+      logits = model(jax.lax.stop_gradient(x_next), frame_type)[:, model.offsets[k]:model.offsets[k + 1]]
+      chosen = progressive.select_tokens(jax.nn.softmax(logits, -1), setting["complete"],
+                                         jax.random.fold_in(rng, k), setting.get("temperature", 1.0),
+                                         setting.get("top_k", 0), setting.get("top_p", 1.0))
+      out[k] = jnp.where((keep > k)[:, None, None], out[k], chosen.reshape(out[k].shape))
+    return out
 
   def _disc_loss(self, disc, x, rec):
     d = nnx.merge(self.disc_def, disc)
@@ -231,6 +276,33 @@ def trainable_groups(config, tok_state) -> frozenset[str]:
     raise ValueError(f"train_only names {', '.join(sorted(unknown))}, not parameter groups of the tokenizer "
                      f"({', '.join(sorted(groups))})")
   return frozenset(names)
+
+
+def completion_model(config, tok, trainable, mesh):
+  """(graphdef, params replicated on the mesh, completion setting) of config.complete_with's context
+  model, or None when it is empty; a ValueError when it cannot complete this tokenizer's tokens."""
+  path = str(config.get("complete_with", "") or "")
+  if not path:
+    return None
+  from progvc_jax.eval.completion import parse_setting  # the setting syntax the codec's tools use
+  setting = parse_setting(config.get("completion", "argmax"))
+  if setting["complete"] == "none":
+    raise ValueError("complete_with needs a completion (argmax or sample[:t=../k=../p=..]), not none")
+  if trainable & TOKEN_GROUPS:
+    raise ValueError(f"complete_with completes the frozen tokenizer's tokens: train only the decoder "
+                     f"(train_only=decoder,post_quant_conv), not {', '.join(sorted(trainable & TOKEN_GROUPS))}")
+  args, params = checkpointing.load_params(path, "context")
+  expected = dict(vocab_size=tok.quantizer.vocab_size, latent_dim=tok.quantizer.codebook.shape[1],
+                  schedule=list(tok.schedule))
+  got = {k: list(args[k]) if k == "schedule" else args[k] for k in expected}
+  if got != expected:
+    raise ValueError(f"the context model in {path} codes other tokens ({got}) than this tokenizer ({expected})")
+  model = nnx.eval_shape(lambda: ContextModel(**args, rngs=nnx.Rngs(0)))
+  model_def, _ = nnx.split(model)
+  params = checkpointing.load_params_like(path, "context", nnx.to_pure_dict(nnx.state(model, nnx.Param)))
+  params = jax.device_put(jax.tree.map(lambda a: jnp.asarray(a, jnp.float32), params), sharding.replicated(mesh))
+  logging.info("completing cut frames with the context model of %s (%s)", path, setting)
+  return model_def, params, setting
 
 
 def train_and_evaluate(config, workdir: str, stop_at: int | None = None):

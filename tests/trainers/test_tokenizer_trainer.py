@@ -9,6 +9,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from flax import nnx
 from skimage import data as skdata
 
 from progvc_jax.configs import tokenizer as tokenizer_config
@@ -222,3 +223,75 @@ def test_init_from_parameter_checkpoint(tmp_path):
     checkpointing.load_params_like(str(tmp_path / "tok"), "tokenizer", wrong)
   with pytest.raises(FileNotFoundError, match="not a progvc parameter checkpoint"):
     checkpointing.load_params_like(str(tmp_path / "nothing"), "tokenizer", abstract)
+
+
+def context_checkpoint(path, config, **overrides):
+  """A randomly initialised context model for the small tokenizer's codes, saved as a parameter checkpoint."""
+  from progvc_jax.models.transformer import ContextModel
+  tok, _ = trainer_lib.build_models(config)
+  args = dict(vocab_size=tok.quantizer.vocab_size, latent_dim=tok.quantizer.codebook.shape[1],
+              schedule=tuple(tok.schedule), width=32, depth=1, heads=2, neighbourhood=3)
+  args.update(overrides)
+  model = ContextModel(**args, rngs=nnx.Rngs(3))
+  checkpointing.save_params(str(path), nnx.to_pure_dict(nnx.state(model, nnx.Param)), "context", args)
+  return str(path), model
+
+
+def test_decoder_fine_tune_on_completed_scales(mesh222, tmp_path):
+  """complete_with: cut frames get their missing scales from the context model, as the codec completes a
+  truncated stream; the decoder learns on them while the tokens' groups stay frozen."""
+  from progvc_jax.models import progressive
+  from progvc_jax.models.transformer import I_FRAME
+  ctx_path, model = context_checkpoint(tmp_path / "ctx", small_config())
+  config = small_config(train_only="decoder,post_quant_conv", complete_with=ctx_path, random_prefix=1.0)
+  trainer = trainer_lib.Trainer(config, mesh222)
+  state = trainer.init(jax.random.key(0))
+  tok = nnx.merge(trainer.tok_def, jax.device_get(state["params"]))
+  x = common.to_unit_range(jnp.asarray(photo_batch()[:2, 0]))
+  tokens = tok.encode(x)
+  rows, cols = tok.tile_grid(32, 32)
+  flat = [t.reshape(-1, *t.shape[2:]) for t in tokens]
+  keep = jnp.repeat(jnp.asarray([1, 2]), rows * cols)
+  done = trainer.complete(tok.quantizer, flat, keep, (rows, cols), jax.random.key(0))
+  # The kept prefix is untouched; the rest is what the codec's own completion (argmax, cached steps) gives.
+  steps = progressive.FrameSteps(tok.quantizer, model)
+  agree = []
+  for frame, kept in enumerate((1, 2)):
+    tiles = slice(frame * rows * cols, (frame + 1) * rows * cols)
+    given = [f[tiles].reshape(rows * cols, -1) for f in flat[:kept]]
+    _, _, ref = steps.run(rows * cols, I_FRAME, None, steps.completer(given, "argmax", jax.random.key(0)),
+                          grid=(rows, cols))
+    for k, t in enumerate(done):
+      got = np.asarray(t[tiles]).reshape(rows * cols, -1)
+      if k < kept:
+        assert np.array_equal(got, np.asarray(flat[k][tiles]).reshape(rows * cols, -1))
+      else:
+        agree.append(np.asarray(ref[k]) == got)
+  assert np.mean(np.concatenate([a.ravel() for a in agree])) > 0.99  # float argmax: near-ties may flip
+  assert not all(np.array_equal(d, f) for d, f in zip(done, flat))  # the model's guess is not the source's
+
+  before = jax.device_get(state["params"])
+  batch = jax.device_put(photo_batch(), sharding.batch_sharding(mesh222, 5))
+  for _ in range(2):
+    state, figures = trainer.step(state, batch)
+  assert float(figures["nonfinite"]) == 0.0
+  after = jax.device_get(state["params"])
+  for group in trainer_lib.TOKEN_GROUPS:
+    assert all(np.array_equal(a, b) for a, b in zip(jax.tree.leaves(before[group]), jax.tree.leaves(after[group])))
+  assert any(not np.array_equal(a, b) for a, b in zip(jax.tree.leaves(before["decoder"]),
+                                                      jax.tree.leaves(after["decoder"])))
+
+
+def test_completion_fine_tune_refuses_what_would_change_or_miss_the_tokens(mesh222, tmp_path):
+  ctx_path, _ = context_checkpoint(tmp_path / "ctx", small_config())
+  with pytest.raises(ValueError, match="train only the decoder .* not encoder, quant_conv, quantizer"):
+    trainer_lib.Trainer(small_config(complete_with=ctx_path), mesh222)
+  only_decoder = dict(train_only="decoder,post_quant_conv", complete_with=ctx_path)
+  with pytest.raises(ValueError, match="needs a completion .* not none"):
+    trainer_lib.Trainer(small_config(completion="none", **only_decoder), mesh222)
+  with pytest.raises(ValueError, match="the mode must be one of"):
+    trainer_lib.Trainer(small_config(completion="greedy", **only_decoder), mesh222)
+  other, _ = context_checkpoint(tmp_path / "other", small_config(), vocab_size=64)
+  with pytest.raises(ValueError, match="codes other tokens"):
+    trainer_lib.Trainer(small_config(train_only="decoder,post_quant_conv", complete_with=other), mesh222)
+
