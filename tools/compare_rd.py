@@ -2,13 +2,16 @@
 
   python tools/eval_rd.py --model OLD.pgvcm --video CLIP --out runs/rd_old --anchors= --modes none
   python tools/eval_rd.py --model NEW.pgvcm --video CLIP --out runs/rd_new --anchors= --modes none
-  python tools/compare_rd.py --reference runs/rd_old --test runs/rd_new [--json OUT]
+  python tools/compare_rd.py --reference runs/rd_old --test runs/rd_new [--json OUT] [--pairs none:argmax]
 
 Reads both runs' points.csv and prints, for each progvc curve both have and
 each metric, the BD-rate and BD-quality of the test run against the
 reference (negative BD-rate: fewer bits for the same quality), or why it is
 undefined, and the rate change at every K. From each run's all-scales
 stream it also gives the mean payload of I- and P-frames and their ratio.
+`--pairs REF:TEST,...` compares the reference's curve of one completion
+mode with the test's of another (e.g. the shipped model's default `none`
+against a new model's `argmax`) instead of each mode with itself.
 """
 
 import csv
@@ -24,6 +27,7 @@ from progvc_jax.eval.rd import METRICS, bd_line
 flags.DEFINE_string("reference", None, "eval_rd output folder of the reference model.", required=True)
 flags.DEFINE_string("test", None, "eval_rd output folder of the model under test.", required=True)
 flags.DEFINE_string("json", None, "Also write the figures to this file.")
+flags.DEFINE_list("pairs", [], "REF_MODE:TEST_MODE curves to compare (default: each mode both runs have with itself).")
 FLAGS = flags.FLAGS
 
 
@@ -58,18 +62,37 @@ def frame_bytes(folder: str) -> dict | None:
           "P_over_I": mean[bitstream.P_FRAME] / mean[bitstream.I_FRAME]}
 
 
-def compare(reference: list[dict], test: list[dict]) -> dict:
+def parse_pairs(items: list[str]) -> list[tuple[str, str]]:
+  pairs = []
+  for item in items:
+    a, sep, b = item.partition(":")
+    if not sep or not a or not b:
+      raise ValueError(f"--pairs takes REF_MODE:TEST_MODE, e.g. none:argmax; got {item!r}")
+    pairs.append((a, b))
+  return pairs
+
+
+def compare(reference: list[dict], test: list[dict], pairs: list[tuple[str, str]] | None = None) -> dict:
+  """BD figures of the test's curves against the reference's: each mode both have with itself, or the
+  given (reference mode, test mode) pairs (a mode missing from either run is a KeyError)."""
   ref, new = curves(reference), curves(test)
   out = {"bd": [], "per_k": []}
-  for mode in sorted(set(ref) & set(new)):
-    settings = [s for s in ref[mode] if s in new[mode]]
+  if pairs is None:
+    pairs = [(m, m) for m in sorted(set(ref) & set(new))]
+  for ref_mode, test_mode in pairs:
+    for run, mode in (("reference", ref_mode), ("test", test_mode)):
+      if mode not in (ref if run == "reference" else new):
+        raise KeyError(f"the {run} run has no progvc curve of mode {mode!r}")
+    r_curve, t_curve = ref[ref_mode], new[test_mode]
+    mode = ref_mode if ref_mode == test_mode else f"{ref_mode}:{test_mode}"
+    settings = [s for s in r_curve if s in t_curve]
     for s in settings:
-      a, b = float(ref[mode][s]["bpp"]), float(new[mode][s]["bpp"])
+      a, b = float(r_curve[s]["bpp"]), float(t_curve[s]["bpp"])
       out["per_k"].append({"mode": mode, "setting": s, "bpp_reference": a, "bpp_test": b,
                            "rate_change_percent": 100.0 * (b / a - 1.0)})
     for metric in METRICS:
       # Runs from before a metric existed have no column for it.
-      rows = [(ref[mode][s], new[mode][s]) for s in settings if ref[mode][s].get(metric) and new[mode][s].get(metric)]
+      rows = [(r_curve[s], t_curve[s]) for s in settings if r_curve[s].get(metric) and t_curve[s].get(metric)]
       if not rows:
         continue
       entry = {"mode": mode, "metric": metric}
@@ -87,9 +110,12 @@ def compare(reference: list[dict], test: list[dict]) -> dict:
 def main(argv):
   del argv
   try:
-    result = compare(read_points(FLAGS.reference), read_points(FLAGS.test))
-  except (FileNotFoundError, KeyError) as e:
+    pairs = parse_pairs(FLAGS.pairs) if FLAGS.pairs else None
+    result = compare(read_points(FLAGS.reference), read_points(FLAGS.test), pairs)
+  except (FileNotFoundError, ValueError) as e:
     sys.exit(f"compare_rd: {e}")
+  except KeyError as e:
+    sys.exit(f"compare_rd: {e.args[0]}")
   if not result["per_k"]:
     sys.exit("compare_rd: the two runs share no progvc points")
   for row in result["per_k"]:

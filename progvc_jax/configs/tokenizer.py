@@ -49,7 +49,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.train_only = ""
   # A codec bundle or context-model checkpoint: frames cut by random-prefix training get their missing scales
   # from its context model (the setting `completion`), and the decoder learns to render them. Needs
-  # train_only=decoder,post_quant_conv. progvc's default model is fine-tuned so (tools/train_default.sh).
+  # train_only=decoder,post_quant_conv (tools/finetune_decoder.sh).
   c.complete_with = ""
   c.completion = "argmax"
 

@@ -94,6 +94,27 @@ def test_compare_rd_gives_the_bd_rate_of_one_model_against_another(tmp_path):
   assert r.returncode == 1 and "has no points.csv" in r.stderr.strip().splitlines()[-1]
 
 
+def test_compare_rd_pairs_one_mode_of_the_reference_with_another_of_the_test(tmp_path):
+  """--pairs none:argmax: the reference's none curve against the test's argmax curve, at the same rates."""
+  ref, new = str(tmp_path / "ref"), str(tmp_path / "new")
+  row = lambda mode, k, q: ["progvc", mode, f"K={k}", 100, 0.01 * 2 ** k, q, q, 0.5, 0.0, ""]
+  _write_points(ref, [row("none", k, 18.0 + k) for k in range(1, 5)] + [row("argmax", k, 10.0) for k in range(1, 5)])
+  _write_points(new, [row("none", k, 10.0) for k in range(1, 5)] + [row("argmax", k, 19.0 + k) for k in range(1, 5)])
+  root = os.path.dirname(os.path.dirname(os.path.dirname(__file__)))
+  out = tmp_path / "cmp.json"
+  r = subprocess.run([sys.executable, "tools/compare_rd.py", "--reference", ref, "--test", new, "--pairs", "none:argmax",
+                      "--json", str(out)], capture_output=True, text=True, cwd=root)
+  assert r.returncode == 0, r.stderr
+  bd_rows = {row["metric"]: row for row in json.loads(out.read_text())["bd"]}
+  assert {row["mode"] for row in bd_rows.values()} == {"none:argmax"}
+  assert bd_rows["psnr_rgb"]["bd_quality"] == pytest.approx(1.0, abs=1e-6)  # 1 dB better at every rate
+  for bad, message in (("none:sample", "the test run has no progvc curve of mode 'sample'"),
+                       ("none", "--pairs takes REF_MODE:TEST_MODE")):
+    r = subprocess.run([sys.executable, "tools/compare_rd.py", "--reference", ref, "--test", new, "--pairs", bad],
+                       capture_output=True, text=True, cwd=root)
+    assert r.returncode == 1 and message in r.stderr.strip().splitlines()[-1], r.stderr
+
+
 def test_a_model_with_the_same_tokenizer_takes_the_scores_and_measures_its_own_rate(run, tmp_path):
   """--scores_from: the frames at each K are the reference's; sizes are the new model's own."""
   proc, out, d, clip = run

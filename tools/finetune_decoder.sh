@@ -1,0 +1,25 @@
+#!/usr/bin/env bash
+# Fine-tunes a codec bundle's decoder for perception and exports the result as a new bundle.
+#
+#   bash tools/finetune_decoder.sh [BUNDLE] [WORKDIR] [OUT]
+#       (defaults: the shipped model, runs/decoder_ft, runs/decoder_ft.pgvcm)
+#
+# Encoder, quant_conv and codebook stay frozen (train_only), so every token,
+# and with them the bundle's context model and rates, stay as they were;
+# only the pictures change. The PatchGAN loss is on from the first step, and
+# the frames that random-prefix training cuts to k scales get scales k+1..K
+# from the bundle's own context model (argmax), as `progvc decode --complete
+# argmax` fills a truncated stream (docs/design.md section 5). 800 steps of 16
+# crops of 128 x 128 on the embedded data: about 35 minutes on 2 CPU cores.
+# An interrupted run resumes when the same command is run again. Compare the
+# result with the bundle it came from using tools/eval_rd.py (README, "A
+# decoder fine-tuned on completed scales").
+set -euo pipefail
+cd "$(dirname "$0")/.."
+BUNDLE="${1:-progvc_jax/assets/default.pgvcm}"
+WORK="${2:-runs/decoder_ft}"
+OUT="${3:-runs/decoder_ft.pgvcm}"
+python -m progvc_jax.train --config configs/tokenizer.py:default,steps=800 --config.init_from="$BUNDLE" \
+  --config.train_only=decoder,post_quant_conv --config.complete_with="$BUNDLE" --config.completion=argmax \
+  --config.loss.gan=0.3 --config.loss.gan_start=0 --config.optimizer.lr=1e-4 --workdir "$WORK"
+python -m progvc_jax.export --tokenizer "$WORK" --context "$BUNDLE" --out "$OUT" --overwrite
