@@ -165,7 +165,7 @@ class Trainer:
   def _completed_forward(self, tok, x, keep, rng):
     """tok(x, keep) with the scales after each frame's kept prefix completed by the context model
     instead of left out: the reconstruction and the quantizer's aux (with `latent`, `last_features`)."""
-    b, height, width, _ = x.shape
+    height, width = x.shape[1:3]
     rows, cols = tok.tile_grid(height, width)
     tiles = tok.to_tiles(tok.latent(pad_to_multiple(x, tok.pixel_tile)))
     _, aux = tok.quantizer(tiles)  # every scale's true tokens (encoder and codebook are frozen)
