@@ -185,7 +185,11 @@ def _int_keys(tree):
 
 def load_params_like(directory: str, kind: str, like: dict) -> dict:
   """The checkpoint's params, checked name by name and shape by shape against `like`."""
-  _, params = load_params(directory, kind)
+  return fit_params(load_params(directory, kind)[1], like, directory, kind)
+
+
+def fit_params(params: dict, like: dict, directory: str, kind: str) -> dict:
+  """Loaded params (from `directory`) in the structure of `like`, checked name by name and shape by shape."""
   ours = dict(jax.tree_util.tree_flatten_with_path(like)[0])
   theirs = dict(jax.tree_util.tree_flatten_with_path(params)[0])
   bad = sorted(jax.tree_util.keystr(k) for k in set(ours) | set(theirs)

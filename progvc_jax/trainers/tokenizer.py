@@ -299,7 +299,7 @@ def completion_model(config, tok, trainable, mesh):
     raise ValueError(f"the context model in {path} codes other tokens ({got}) than this tokenizer ({expected})")
   model = nnx.eval_shape(lambda: ContextModel(**args, rngs=nnx.Rngs(0)))
   model_def, _ = nnx.split(model)
-  params = checkpointing.load_params_like(path, "context", nnx.to_pure_dict(nnx.state(model, nnx.Param)))
+  params = checkpointing.fit_params(params, nnx.to_pure_dict(nnx.state(model, nnx.Param)), path, "context")
   params = jax.device_put(jax.tree.map(lambda a: jnp.asarray(a, jnp.float32), params), sharding.replicated(mesh))
   logging.info("completing cut frames with the context model of %s (%s)", path, setting)
   return model_def, params, setting
