@@ -2,7 +2,7 @@
 
   progvc encode IN.(mp4|mkv|y4m|avi) OUT.pgvc [--model BUNDLE] [--scales K | --target-kbps R] [--gop N]
                 [--layout layered|frames]
-  progvc decode IN.pgvc|- OUT.(y4m|mp4|mkv|avi)|- [--model BUNDLE] [--complete sample|argmax|none] [--seed S]
+  progvc decode IN.pgvc|- OUT.(y4m|mp4|mkv|avi)|- [--model BUNDLE] [--complete sample|argmax|mean|none] [--seed S]
                 [--tile-batch N]
   progvc truncate IN.pgvc OUT.pgvc (--scales K [--frames A:B] | --bytes N | --kbps R) [--layout layered|frames]
   progvc info IN.pgvc
@@ -190,12 +190,15 @@ def parser() -> argparse.ArgumentParser:
   d.add_argument("output", help="the video (.y4m, .mp4, .mkv, .avi); - writes Y4M to standard output")
   d.add_argument("--model", help="codec bundle (default: the model shipped with progvc)")
   from progvc_jax.codec import DEFAULT_COMPLETION as best
-  d.add_argument("--complete", choices=("sample", "argmax", "none"), default=best["complete"],
-                 help="how to fill the scales that were not sent: generate them (sample, argmax) or decode the "
-                      f"prefix as it is (none); default {best['complete']}, the best measured (README)")
+  from progvc_jax.models.progressive import COMPLETIONS
+  d.add_argument("--complete", choices=COMPLETIONS, default=best["complete"],
+                 help="how to fill the scales that were not sent: generate them (sample, argmax), render the "
+                      "model's expected code (mean) or decode the prefix as it is (none); default "
+                      f"{best['complete']}, the best measured (README)")
   d.add_argument("--seed", type=int, default=0, help="seed of --complete sample")
   d.add_argument("--temperature", type=float, default=best["temperature"],
-                 help=f"--complete sample: sharpen (<1) or flatten (>1) the model's probabilities; default {best['temperature']:g}")
+                 help=f"--complete sample or mean: sharpen (<1) or flatten (>1) the model's probabilities; "
+                      f"default {best['temperature']:g}")
   d.add_argument("--top-k", type=int, default=best["top_k"],
                  help=f"--complete sample: draw from the k most probable codes only (0: all); default {best['top_k']}")
   d.add_argument("--top-p", type=float, default=best["top_p"],

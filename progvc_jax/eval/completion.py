@@ -1,8 +1,9 @@
 """Completion settings as tools name them, and the choice of the best one from measured scores.
 
-A setting is `none`, `argmax` or `sample`, the last with optional `t=`
-(temperature), `k=` (top-k) and `p=` (top-p) after a colon, joined by `/`:
-`sample:t=0.7/p=0.9`. It maps onto the decoder's keyword arguments.
+A setting is `none`, `argmax`, `mean` or `sample`: `sample` with optional
+`t=` (temperature), `k=` (top-k) and `p=` (top-p) after a colon, joined by
+`/` (`sample:t=0.7/p=0.9`), `mean` with `t=` only (`mean:t=0.5`). It maps
+onto the decoder's keyword arguments.
 """
 
 import os
@@ -23,8 +24,10 @@ def parse_setting(text: str) -> dict:
     key, _, value = item.partition("=")
     if key not in _KEYS or not value:
       raise ValueError(f"setting {text!r}: {item!r} is not t=, k= or p= with a value")
-    if mode != "sample":
-      raise ValueError(f"setting {text!r}: only sample takes t=, k= or p=")
+    if mode not in ("sample", "mean"):
+      raise ValueError(f"setting {text!r}: only sample takes t=, k= or p=, and mean t=")
+    if mode == "mean" and key != "t":
+      raise ValueError(f"setting {text!r}: mean takes t= only")
     name, kind = _KEYS[key]
     out[name] = kind(value)
   return out

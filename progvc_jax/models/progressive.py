@@ -15,7 +15,7 @@ The teacher-forced counterparts used in training (`teacher_inputs`) build the
 same inputs for all scales at once.
 """
 
-from typing import Callable, Sequence
+from typing import Callable, NamedTuple, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -23,10 +23,19 @@ import numpy as np
 from flax import nnx
 
 from progvc_jax.models import integer, integer_reference
-from progvc_jax.models.quantizer import MultiScaleQuantizer, resize
+from progvc_jax.models.quantizer import HIGHEST, MultiScaleQuantizer, resize
 from progvc_jax.models.transformer import I_FRAME, P_FRAME, ContextModel
 
-COMPLETIONS = ("sample", "argmax", "none")
+COMPLETIONS = ("sample", "argmax", "mean", "none")
+
+
+class Expected(NamedTuple):
+  """A scale completed in expectation (`mean`), as a `choose` for `FrameSteps.run` returns it:
+  tokens (N, M), the most probable codes, which the context model conditions on (the next scale's
+  input and the next frame's context), and codes (N, M, C), the expected code vector under the
+  model's probabilities, which the pixels get (the residual is affine in the code vector)."""
+  tokens: jax.Array
+  codes: jax.Array
 
 
 def flat(x: jax.Array) -> jax.Array:
@@ -100,10 +109,20 @@ def select_tokens(probs: jax.Array, mode: str, key: jax.Array, temperature: floa
   return jax.random.categorical(key, logp, axis=-1).astype(jnp.int32)
 
 
+def expected_codes(probs: jax.Array, codebook: jax.Array, temperature: float = 1.0) -> jax.Array:
+  """The mean code vector (N, M, C) under probabilities (N, M, V) raised to 1 / temperature and
+  normalised: the scale's least-squares estimate in latent space at temperature 1, the argmax's
+  code as temperature goes to 0."""
+  logp = jnp.log(jnp.maximum(probs, 1e-30)) / max(temperature, 1e-6)
+  return jnp.einsum("nmv,vc->nmc", jax.nn.softmax(logp, -1), codebook, precision=HIGHEST)
+
+
 class FrameSteps:
   """The per-scale functions for one frame of N tiles, jitted once per scale.
 
-  state = dict(cache=the model's KV cache, fhat=(N, n, n, C) from the scales so far).
+  state = dict(cache=the model's KV cache, fhat=(N, n, n, C) from the scales so far, which the pixels
+  get, fhat_ctx=the same from the scales' tokens, which the context model sees; the two differ only
+  after a scale completed in expectation).
   """
 
   def __init__(self, quantizer: MultiScaleQuantizer, model: ContextModel):
@@ -124,6 +143,7 @@ class FrameSteps:
     self._predict = jax.jit(self._predict_fn, static_argnums=0, donate_argnums=2)
     self._absorb = jax.jit(self._absorb_fn, static_argnums=0, donate_argnums=2)
     self._select = jax.jit(select_tokens, static_argnums=(1, 3, 4, 5))
+    self._expect = jax.jit(self._expect_fn, static_argnums=2)
     self._spread = jax.jit(neighbourhoods, static_argnums=(1, 2))
 
   @property
@@ -132,22 +152,30 @@ class FrameSteps:
 
   def _init_fn(self, m_params, n):
     model = nnx.merge(self.m_def, m_params)
-    return dict(cache=model.init_cache(n), fhat=jnp.zeros((n, self.tile, self.tile, self.dim), jnp.float32))
+    shape = (n, self.tile, self.tile, self.dim)
+    return dict(cache=model.init_cache(n), fhat=jnp.zeros(shape, jnp.float32), fhat_ctx=jnp.zeros(shape, jnp.float32))
 
   def _next_fn(self, k, state):
-    return flat(resize(state["fhat"], self.schedule[k], "area"))
+    return flat(resize(state["fhat_ctx"], self.schedule[k], "area"))
 
   def _predict_fn(self, k, m_params, state, frame_type, x_k, prev_k):
     model = nnx.merge(self.m_def, m_params)
     logits, cache = model.step(state["cache"], k, x_k, frame_type, prev_k)
     return jax.nn.softmax(logits, -1), dict(state, cache=cache)
 
-  def _absorb_fn(self, k, q_params, state, tokens_k):
+  def _expect_fn(self, q_params, probs, temperature):
+    quantizer = nnx.merge(self.q_def, q_params)
+    return Expected(jnp.argmax(probs, -1).astype(jnp.int32),
+                    expected_codes(probs, quantizer.codebook[...], temperature))
+
+  def _absorb_fn(self, k, q_params, state, tokens_k, codes_k):
     quantizer = nnx.merge(self.q_def, q_params)
     p = self.schedule[k]
-    fhat = state["fhat"] + quantizer.scale_residual(k, tokens_k.reshape(-1, p, p))
-    ctx_k = dict(fhat=flat(resize(fhat, p, "area")), tokens=tokens_k)
-    return dict(state, fhat=fhat), ctx_k
+    residual = quantizer.scale_residual(k, tokens_k.reshape(-1, p, p))
+    fhat_ctx = state["fhat_ctx"] + residual
+    ctx_k = dict(fhat=flat(resize(fhat_ctx, p, "area")), tokens=tokens_k)
+    pixels = residual if codes_k is None else _residual(quantizer, k, tokens_k, codes_k)
+    return dict(state, fhat=state["fhat"] + pixels, fhat_ctx=fhat_ctx), ctx_k
 
   def init(self, n: int) -> dict:
     return self._init(self.m_params, n)
@@ -164,13 +192,18 @@ class FrameSteps:
     ft = jnp.full((n,), frame_type, jnp.int32)
     return self._predict(k, self.m_params, state, ft, x_k, prev_k if frame_type == P_FRAME else None)
 
-  def absorb(self, k: int, state: dict, tokens_k: jax.Array):
+  def absorb(self, k: int, state: dict, tokens_k: jax.Array, codes_k: jax.Array | None = None):
     """Adds scale k's tokens (N, p_k^2) to fhat; returns the state and this frame's context at k
-    (`state` itself is consumed)."""
-    return self._absorb(k, self.q_params, state, jnp.asarray(tokens_k, jnp.int32))
+    (`state` itself is consumed). codes_k (N, p_k^2, C): the code vectors the pixels' fhat gets
+    instead of the tokens' (a scale completed in expectation); the context keeps the tokens."""
+    return self._absorb(k, self.q_params, state, jnp.asarray(tokens_k, jnp.int32), codes_k)
 
   def select(self, probs, mode, key, temperature=1.0, top_k=0, top_p=1.0):
     return self._select(self.probabilities(probs), mode, key, float(temperature), int(top_k), float(top_p))
+
+  def expect(self, probs, temperature=1.0) -> Expected:
+    """Scale tokens completed in expectation (`Expected`) from what `predict` returned."""
+    return self._expect(self.q_params, self.probabilities(probs), float(temperature))
 
   def probabilities(self, dist: jax.Array) -> jax.Array:
     """Float probabilities of what `predict` returns (for generative completion)."""
@@ -182,7 +215,7 @@ class FrameSteps:
     """Codes the first `scales` scales (all by default) of one frame.
 
     choose(k, probs) returns scale k's tokens (N, p_k^2) given their
-    probabilities. prev: the previous frame's context per scale (as returned
+    probabilities, or an `Expected` (a scale completed in expectation). prev: the previous frame's context per scale (as returned
     here), needed for P-frames at every scale coded. tile_batch: run the
     model on at most this many tiles at a time (given its inputs, a tile's
     sequence is independent of the others, so the probabilities are the same;
@@ -221,10 +254,14 @@ class FrameSteps:
         part = lambda a, s=s: None if a is None else a[s]
         p, states[i] = self.predict(k, states[i], frame_type, jax.tree.map(part, prev_k), part(x_k))
         probs.append(p)
-      chosen = jnp.asarray(choose(k, probs[0] if len(spans) == 1 else jnp.concatenate(probs)))
+      chosen = choose(k, probs[0] if len(spans) == 1 else jnp.concatenate(probs))
+      codes = None
+      if isinstance(chosen, Expected):
+        chosen, codes = chosen
+      chosen = jnp.asarray(chosen)
       parts = []
       for i, s in enumerate(spans):
-        states[i], ctx_k = self.absorb(k, states[i], chosen[s])
+        states[i], ctx_k = self.absorb(k, states[i], chosen[s], None if codes is None else codes[s])
         parts.append(ctx_k)
       ctx_k = parts[0] if len(spans) == 1 else jax.tree.map(lambda *a: jnp.concatenate(a), *parts)
       ctx.append(ctx_k)
@@ -235,15 +272,28 @@ class FrameSteps:
   def completer(self, given: Sequence[jax.Array], mode: str, key: jax.Array, temperature: float = 1.0,
                 top_k: int = 0, top_p: float = 1.0) -> Callable[[int, jax.Array], jax.Array]:
     """A `choose` for `run`: the given tokens for the first len(given) scales, then
-    generated ones (sample draws with fold_in(key, k), so a decode repeats exactly)."""
-    if mode not in ("sample", "argmax"):
-      raise ValueError(f"completion mode must be 'sample' or 'argmax', got {mode!r}")
+    generated ones (sample draws with fold_in(key, k), so a decode repeats exactly), or for
+    `mean` the expected code vector at `temperature` (the context follows the argmax)."""
+    if mode not in ("sample", "argmax", "mean"):
+      raise ValueError(f"completion mode must be 'sample', 'argmax' or 'mean', got {mode!r}")
+    if mode == "mean" and (top_k != 0 or top_p != 1.0):
+      raise ValueError("completion mode 'mean' takes a temperature only, not top_k or top_p")
 
     def choose(k, probs):
       if k < len(given):
         return given[k]
+      if mode == "mean":
+        return self.expect(probs, temperature)
       return self.select(probs, mode, jax.random.fold_in(key, k), temperature, top_k, top_p)
     return choose
+
+
+def _residual(quantizer: MultiScaleQuantizer, k: int, tokens_k: jax.Array, codes_k: jax.Array | None) -> jax.Array:
+  """Scale k's contribution to the pixels' fhat: from its tokens (N, p^2), or from code vectors (N, p^2, C)."""
+  p = quantizer.schedule[k]
+  if codes_k is None:
+    return quantizer.scale_residual(k, tokens_k.reshape(-1, p, p))
+  return quantizer.residual_of_codes(k, codes_k.reshape(-1, p, p, codes_k.shape[-1]))
 
 
 class IntegerFrameSteps(FrameSteps):
@@ -271,6 +321,7 @@ class IntegerFrameSteps(FrameSteps):
     self._predict = jax.jit(self._predict_fn, static_argnums=(0, 1), donate_argnums=3)
     self._absorb = jax.jit(self._absorb_fn, static_argnums=0, donate_argnums=3)
     self._select = jax.jit(select_tokens, static_argnums=(1, 3, 4, 5))
+    self._expect = jax.jit(self._expect_fn, static_argnums=2)
     self._spread = jax.jit(neighbourhoods, static_argnums=(1, 2))
 
   def _context(self, tables):
@@ -294,14 +345,13 @@ class IntegerFrameSteps(FrameSteps):
     weights, cache = self._context(tables).step(state["cache"], k, x_k, frame_type, prev_k)
     return weights.astype(jnp.float32), dict(state, cache=cache)
 
-  def _absorb_fn(self, k, q_params, tables, state, tokens_k):
+  def _absorb_fn(self, k, q_params, tables, state, tokens_k, codes_k):
     quantizer = nnx.merge(self.q_def, q_params)
     p = self.schedule[k]
-    idx = tokens_k.reshape(-1, p, p)
     fh = self._fhat(tables)
-    fhat_int = state["fhat_int"] + fh.residual(k, idx)
+    fhat_int = state["fhat_int"] + fh.residual(k, tokens_k.reshape(-1, p, p))
     ctx_k = dict(fhat=flat(fh.area(fhat_int, p)), tokens=tokens_k)
-    return dict(state, fhat=state["fhat"] + quantizer.scale_residual(k, idx), fhat_int=fhat_int), ctx_k
+    return dict(state, fhat=state["fhat"] + _residual(quantizer, k, tokens_k, codes_k), fhat_int=fhat_int), ctx_k
 
   def init(self, n: int) -> dict:
     return self._init(self.tables, n)
@@ -311,8 +361,8 @@ class IntegerFrameSteps(FrameSteps):
     cached (`state` itself is consumed)."""
     return self._predict(k, frame_type, self.tables, state, x_k, prev_k if frame_type == P_FRAME else None)
 
-  def absorb(self, k: int, state: dict, tokens_k: jax.Array):
-    return self._absorb(k, self.q_params, self.tables, state, jnp.asarray(tokens_k, jnp.int32))
+  def absorb(self, k: int, state: dict, tokens_k: jax.Array, codes_k: jax.Array | None = None):
+    return self._absorb(k, self.q_params, self.tables, state, jnp.asarray(tokens_k, jnp.int32), codes_k)
 
   def probabilities(self, dist: jax.Array) -> jax.Array:
     return (dist + 1).astype(jnp.float32) / (1 << integer.FREQ_BITS)

@@ -153,7 +153,12 @@ class MultiScaleQuantizer(nnx.Module):
 
   def scale_residual(self, k: int, idx: jax.Array) -> jax.Array:
     """The contribution of scale k (0-based) to fhat, from its tokens (N, p, p)."""
-    h = resize(self.codebook[...][idx], self.tile, "bicubic")
+    return self.residual_of_codes(k, self.codebook[...][idx])
+
+  def residual_of_codes(self, k: int, codes: jax.Array) -> jax.Array:
+    """The contribution to fhat of scale k's code vectors (N, p, p, C); an affine map, so the
+    expected residual under a distribution of tokens is that of the expected code vector."""
+    h = resize(codes, self.tile, "bicubic")
     conv = self.phi[phi_index(k, self.num_scales, len(self.phi))]
     return h * (1.0 - self.phi_ratio) + conv(h) * self.phi_ratio
 

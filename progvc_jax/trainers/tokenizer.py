@@ -286,8 +286,9 @@ def completion_model(config, tok, trainable, mesh):
     return None
   from progvc_jax.eval.completion import parse_setting  # the setting syntax the codec's tools use
   setting = parse_setting(config.get("completion", "argmax"))
-  if setting["complete"] == "none":
-    raise ValueError("complete_with needs a completion (argmax or sample[:t=../k=../p=..]), not none")
+  if setting["complete"] not in ("argmax", "sample"):
+    raise ValueError(f"complete_with needs a completion that chooses tokens (argmax or "
+                     f"sample[:t=../k=../p=..]), not {setting['complete']}")
   if trainable & TOKEN_GROUPS:
     raise ValueError(f"complete_with completes the frozen tokenizer's tokens: train only the decoder "
                      f"(train_only=decoder,post_quant_conv), not {', '.join(sorted(trainable & TOKEN_GROUPS))}")

@@ -224,6 +224,20 @@ def test_completion_fills_missing_scales_repeatably(model, full_stream):
   assert any((x != y).any() for (_, a, _), (_, b, _) in zip(runs[0], runs[2]) for x, y in zip(a[2:], b[2:]))
 
 
+def test_mean_completion_keeps_the_argmax_tokens_and_changes_only_the_pixels(model, full_stream):
+  cut = io.BytesIO()
+  bitstream.truncate(io.BytesIO(full_stream), cut, 2)
+  runs = {mode: list(decoder.decode_tokens(model, io.BytesIO(cut.getvalue()), complete=mode))
+          for mode in ("argmax", "mean")}
+  for (_, tok_a, fhat_a), (_, tok_m, fhat_m) in zip(runs["argmax"], runs["mean"]):
+    assert len(tok_m) == model.num_scales
+    for a, m in zip(tok_a, tok_m):  # the context model follows the argmax, on P-frames too
+      np.testing.assert_array_equal(a, m)
+    assert np.abs(np.asarray(fhat_a) - np.asarray(fhat_m)).max() > 1e-3
+  frames = decoder.decode(cut.getvalue(), model, complete="mean")
+  assert frames.dtype == np.uint8 and frames.shape[1:] == (139, 170, 3)
+
+
 def test_real_bits_match_the_cross_entropy(model, clip, tmp_path):
   stats = encoder.encode_file(model, iter(clip), str(tmp_path / "a.pgvc"), 30, gop=2)
   payload_bits = 8 * stats["payload_bytes"]

@@ -172,6 +172,42 @@ def test_generative_completion_keeps_given_scales_and_repeats(quantizer):
     steps.completer(given, "none", jax.random.key(0))
 
 
+def test_mean_completion_follows_the_argmax_and_renders_the_expected_code(quantizer):
+  """`mean`: the context model sees the argmax tokens (the same tokens and context as argmax), the
+  pixels' fhat gets the expected code vector of every generated scale."""
+  model = make_model(quantizer, "additive")
+  steps = pg.FrameSteps(quantizer, model)
+  given = [t.reshape(N, -1) for t in random_tokens(quantizer, 7)][:2]
+  fhat_a, ctx_a, tok_a = steps.run(N, I_FRAME, None, steps.completer(given, "argmax", jax.random.key(0)))
+  probs = []
+  fill = steps.completer(given, "mean", jax.random.key(0), temperature=0.8)
+  fhat_m, ctx_m, tok_m = steps.run(N, I_FRAME, None, lambda k, p: probs.append(p) or fill(k, p))
+  for a, m in zip(ctx_a, ctx_m):
+    for name in ("fhat", "tokens"):
+      np.testing.assert_array_equal(a[name], m[name])
+  # The pixels: the given scales' residuals plus each generated scale's residual of its mean code.
+  fhat = quantizer.decode([t.reshape(N, p, p) for t, p in zip(given, quantizer.schedule)])
+  for k in range(2, quantizer.num_scales):
+    w = np.asarray(probs[k], np.float64) ** (1 / 0.8)
+    mean = (w / w.sum(-1, keepdims=True)) @ np.asarray(quantizer.codebook[...], np.float64)
+    p = quantizer.schedule[k]
+    fhat = fhat + quantizer.residual_of_codes(k, jnp.asarray(mean, jnp.float32).reshape(N, p, p, C))
+  np.testing.assert_allclose(fhat_m, fhat, atol=1e-5)
+  assert np.abs(np.asarray(fhat_m) - np.asarray(fhat_a)).max() > 1e-3
+  # The residual is affine in the code vectors, so that of the mean code is the mean residual;
+  # a one-hot distribution gives the token's own residual.
+  k, p = 3, quantizer.schedule[3]
+  h1, h2 = (quantizer.codebook[...][t] for t in random_tokens(quantizer, 8)[3:] + random_tokens(quantizer, 9)[3:])
+  np.testing.assert_allclose(quantizer.residual_of_codes(k, 0.3 * h1 + 0.7 * h2),
+                             0.3 * quantizer.residual_of_codes(k, h1) + 0.7 * quantizer.residual_of_codes(k, h2),
+                             atol=1e-5)
+  one_hot = jax.nn.one_hot(tok_a[k], V)
+  np.testing.assert_array_equal(pg.expected_codes(one_hot, quantizer.codebook[...]).reshape(N, p, p, C),
+                                quantizer.codebook[...][tok_a[k].reshape(N, p, p)])
+  with pytest.raises(ValueError, match="temperature only"):
+    steps.completer(given, "mean", jax.random.key(0), top_k=4)
+
+
 @pytest.mark.slow
 def test_tiny_model_fits_toy_tokens(quantizer):
   """A learnable toy source: each I-frame tile is one of 4 fixed token stacks, and a

@@ -287,8 +287,9 @@ def test_completion_fine_tune_refuses_what_would_change_or_miss_the_tokens(mesh2
   with pytest.raises(ValueError, match="train only the decoder .* not encoder, quant_conv, quantizer"):
     trainer_lib.Trainer(small_config(complete_with=ctx_path), mesh222)
   only_decoder = dict(train_only="decoder,post_quant_conv", complete_with=ctx_path)
-  with pytest.raises(ValueError, match="needs a completion .* not none"):
-    trainer_lib.Trainer(small_config(completion="none", **only_decoder), mesh222)
+  for mode in ("none", "mean"):
+    with pytest.raises(ValueError, match=f"needs a completion that chooses tokens .* not {mode}"):
+      trainer_lib.Trainer(small_config(completion=mode, **only_decoder), mesh222)
   with pytest.raises(ValueError, match="the mode must be one of"):
     trainer_lib.Trainer(small_config(completion="greedy", **only_decoder), mesh222)
   other, _ = context_checkpoint(tmp_path / "other", small_config(), vocab_size=64)
