@@ -3,7 +3,8 @@
 For each frame the context model's incremental step gives the integer
 frequencies of scale k (the same on every machine), the range decoder turns chunk k into scale k's tokens, and the
 tokens' checksum is verified (a mismatch names frame and scale). Scales that
-were not sent are completed by the model (`sample` or `argmax`) or left out
+were not sent are completed by the model (`sample` or `argmax`), rendered as
+its expected code vector (`mean`), or left out
 (`none`: the frame is the prefix it received). A stream made with another
 model (fingerprint) is refused before anything is decoded.
 
