@@ -83,6 +83,11 @@ def context_at(ctx: dict, model: ContextModel, k: int) -> dict:
   return dict(fhat=ctx["fhat"][:, lo:hi], tokens=ctx["tokens"][:, lo:hi])
 
 
+def tempered_log(probs: jax.Array, temperature: float) -> jax.Array:
+  """log(probs) / temperature: the logits of the probabilities raised to 1 / temperature."""
+  return jnp.log(jnp.maximum(probs, 1e-30)) / max(temperature, 1e-6)
+
+
 def select_tokens(probs: jax.Array, mode: str, key: jax.Array, temperature: float = 1.0,
                   top_k: int = 0, top_p: float = 1.0) -> jax.Array:
   """Tokens (N, M) int32 chosen from probabilities (N, M, V) for generative completion.
@@ -95,7 +100,7 @@ def select_tokens(probs: jax.Array, mode: str, key: jax.Array, temperature: floa
     return jnp.argmax(probs, -1).astype(jnp.int32)
   if mode != "sample":
     raise ValueError(f"completion mode must be 'sample' or 'argmax' here, got {mode!r}")
-  logp = jnp.log(jnp.maximum(probs, 1e-30)) / max(temperature, 1e-6)
+  logp = tempered_log(probs, temperature)
   order = jnp.sort(logp, -1)[..., ::-1]
   if top_k > 0:
     cut = order[..., min(top_k, probs.shape[-1]) - 1, None]
@@ -113,8 +118,8 @@ def expected_codes(probs: jax.Array, codebook: jax.Array, temperature: float = 1
   """The mean code vector (N, M, C) under probabilities (N, M, V) raised to 1 / temperature and
   normalised: the scale's least-squares estimate in latent space at temperature 1, the argmax's
   code as temperature goes to 0."""
-  logp = jnp.log(jnp.maximum(probs, 1e-30)) / max(temperature, 1e-6)
-  return jnp.einsum("nmv,vc->nmc", jax.nn.softmax(logp, -1), codebook, precision=HIGHEST)
+  weights = jax.nn.softmax(tempered_log(probs, temperature), -1)
+  return jnp.einsum("nmv,vc->nmc", weights, codebook, precision=HIGHEST)
 
 
 class FrameSteps:
@@ -215,8 +220,9 @@ class FrameSteps:
     """Codes the first `scales` scales (all by default) of one frame.
 
     choose(k, probs) returns scale k's tokens (N, p_k^2) given their
-    probabilities, or an `Expected` (a scale completed in expectation). prev: the previous frame's context per scale (as returned
-    here), needed for P-frames at every scale coded. tile_batch: run the
+    probabilities, or an `Expected` (a scale completed in expectation).
+    prev: the previous frame's context per scale (as returned here), needed
+    for P-frames at every scale coded. tile_batch: run the
     model on at most this many tiles at a time (given its inputs, a tile's
     sequence is independent of the others, so the probabilities are the same;
     the integer path's are identical to the bit). grid: the frame's tiles
