@@ -64,6 +64,53 @@ def test_a_share_of_photo_clips_keeps_the_camera_still(data):
     source(data, still_share=1.5)
 
 
+def luma(x):
+  return np.asarray(x, np.float64) @ np.array([0.299, 0.587, 0.114])
+
+
+def test_recolour_turns_hue_and_scales_chroma_keeping_luma():
+  rng = np.random.default_rng(0)
+  clip = rng.integers(60, 196, (2, 8, 8, 3)).astype(np.uint8)  # Mid-range: nothing clips at factor 1.
+  np.testing.assert_array_equal(pipeline.recolour(clip, 0.0, 1.0), clip)
+  turned = pipeline.recolour(clip, 2.0, 1.0)
+  assert np.abs(turned.astype(int) - clip).max() > 20
+  assert np.abs(luma(turned) - luma(clip)).max() <= 1.0  # Rounding only.
+  back = pipeline.recolour(turned, -2.0, 1.0)
+  assert np.abs(back.astype(int) - clip).max() <= 2
+  grey = pipeline.recolour(clip, 0.7, 0.0)  # No chroma left: every pixel is its own luma.
+  assert np.abs(grey.astype(int) - np.rint(luma(clip))[..., None]).max() <= 1
+  # Chroma doubles (Cb, Cr about the grey axis) where nothing reaches the cube's faces.
+  soft = (128 + (clip.astype(int) - 128) // 4).astype(np.uint8)
+  chroma = lambda x: x.astype(np.float64) - luma(x)[..., None]
+  np.testing.assert_allclose(chroma(pipeline.recolour(soft, 0.0, 2.0)), 2 * chroma(soft), atol=1.5)
+
+
+def test_colour_jitter_recolours_a_share_of_clips_the_same_for_every_frame(data):
+  plain = np.concatenate(take(dataset(data), 8))
+  jittered = np.concatenate(take(dataset(data, colour_share=0.5, colour_max_saturation=1.5), 8))
+  again = np.concatenate(take(dataset(data, colour_share=0.5, colour_max_saturation=1.5), 8))
+  np.testing.assert_array_equal(jittered, again)
+  changed = [not np.array_equal(a, b) for a, b in zip(plain, jittered)]
+  assert 0 < sum(changed) < len(changed)  # Some clips recoloured, the rest (and every crop) as they were.
+  for a, b, c in zip(plain, jittered, changed):
+    if c:  # The same crop recoloured: luma kept wherever no channel reached the cube's faces.
+      inside = np.all((b > 0) & (b < 255), axis=-1)
+      assert inside.mean() > 0.2
+      assert np.abs(luma(b) - luma(a))[inside].max() <= 1.0
+  # One draw of hue and factor per clip, applied to all its frames.
+  clip = plain[0]
+  rng = np.random.default_rng(3)
+  _, hue, factor = rng.uniform(), rng.uniform(-np.pi, np.pi), np.exp(rng.uniform(-1, 1) * np.log(1.5))
+  out = pipeline.ColourJitter(1.0, 1.5).random_map(clip, np.random.default_rng(3))
+  np.testing.assert_array_equal(out, pipeline.recolour(clip, hue, factor))
+  every = np.concatenate(take(dataset(data, colour_share=1.0), 8))
+  assert all(not np.array_equal(a, b) for a, b in zip(plain, every))
+  with pytest.raises(ValueError, match="colour_share must be in"):
+    dataset(data, colour_share=1.5)
+  with pytest.raises(ValueError, match="colour_max_saturation must be at least 1"):
+    dataset(data, colour_share=0.5, colour_max_saturation=0.5)
+
+
 def test_clip_source_records(data):
   src = source(data)
   large, small = (video.read_frames(p) for p in data[0])

@@ -221,6 +221,7 @@ def test_mocked_dataset_through_grain():
     first = take(mocked(), 6)  # More than an epoch.
     assert {(b.shape, b.dtype) for b in first} == {((2, 3, 32, 32, 3), np.dtype(np.uint8))}
     again, other = take(mocked(), 6), take(mocked(seed=1), 6)
+    recoloured = take(mocked(colour_share=1.0), 6)
     # Shards of one epoch: positions k, k + 2, ... of the single-process stream.
     whole = np.concatenate(list(mocked(num_epochs=1, batch_size=1)))
     shards = [np.concatenate(list(mocked(num_epochs=1, batch_size=1, shard_index=k, shard_count=2)))
@@ -230,6 +231,12 @@ def test_mocked_dataset_through_grain():
   for a, b in zip(first, again):
     np.testing.assert_array_equal(a, b)
   assert not all(np.array_equal(a, b) for a, b in zip(first, other))
+  # The colour jitter recolours the same windows and crops (luma kept where nothing clips).
+  for a, b in zip(first, recoloured):
+    assert not np.array_equal(a, b)
+    inside = np.all((b > 0) & (b < 255), axis=-1)
+    luma = lambda x: x.astype(np.float64) @ np.array([0.299, 0.587, 0.114])
+    assert np.abs(luma(a) - luma(b))[inside].max() <= 1.0
   assert len(whole) == 10 and len({c.tobytes() for c in whole}) == 10
   for k in range(2):
     np.testing.assert_array_equal(shards[k], whole[k::2])

@@ -78,6 +78,8 @@ def data_fields(clip_len: int, crop: int, runlocal: bool) -> dict:
   """The input pipeline's config: the embedded samples plus extra videos, or a TFDS dataset."""
   return dict(clip_len=clip_len, crop=crop, num_photo_clips=256,
               still_share=0.0,  # share of photo clips with a still camera (static scenes)
+              # share of clips recoloured (hue turned, chroma scaled up to this factor or down by it)
+              colour_share=0.0, colour_max_saturation=1.5,
               worker_count=0 if runlocal else 2,
               videos=(),  # extra video files, read with the embedded samples
               # A TFDS dataset (array_record) to read instead, e.g. from progvc_jax.data.build.

@@ -158,6 +158,56 @@ class RandomCropClip(grain.transforms.RandomMap):
     return np.clip(np.rint(out), 0, 255).astype(np.uint8)
 
 
+# Full-range BT.601: luma and the two colour-difference axes of an RGB triple.
+_RGB_TO_YCC = np.array([[0.299, 0.587, 0.114],
+                        [-0.168736, -0.331264, 0.5],
+                        [0.5, -0.418688, -0.081312]], np.float32)
+_YCC_TO_RGB = np.linalg.inv(_RGB_TO_YCC.astype(np.float64)).astype(np.float32)
+
+
+def recolour(clip: np.ndarray, hue: float, saturation: float) -> np.ndarray:
+  """A uint8 clip (..., 3) with its hue turned by `hue` radians and its chroma scaled by `saturation`.
+
+  Both act on the colour-difference plane (Cb, Cr) of BT.601 and leave luma as
+  it is; colours pushed out of the RGB cube are clipped.
+  """
+  c, s = np.cos(hue) * saturation, np.sin(hue) * saturation
+  turn = np.array([[1, 0, 0], [0, c, -s], [0, s, c]], np.float32)
+  m = _YCC_TO_RGB @ turn @ _RGB_TO_YCC
+  out = clip.astype(np.float32) @ m.T
+  return np.clip(np.rint(out), 0, 255).astype(np.uint8)
+
+
+class ColourJitter(grain.transforms.RandomMap):
+  """A share of clips recoloured, the same way for all their frames: a hue turned anywhere round
+  the circle and chroma scaled by a factor in [1 / max_saturation, max_saturation] (log-uniform).
+
+  Colours the training data lack (a few clips and photos hold little saturated
+  green or blue) then reach the tokenizer; luma and motion stay as they were.
+  """
+
+  def __init__(self, share: float, max_saturation: float):
+    if not 0.0 <= share <= 1.0:
+      raise ValueError(f"colour_share must be in [0, 1], got {share}")
+    if max_saturation < 1.0:
+      raise ValueError(f"colour_max_saturation must be at least 1, got {max_saturation}")
+    self.share, self.max_saturation = share, max_saturation
+
+  def random_map(self, clip: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    # Three draws for every clip, so which clips are recoloured does not shift the rest.
+    pick, hue = rng.uniform(), rng.uniform(-np.pi, np.pi)
+    saturation = float(np.exp(rng.uniform(-1.0, 1.0) * np.log(self.max_saturation)))
+    return recolour(clip, hue, saturation) if pick < self.share else clip
+
+
+def add_colour_jitter(ds: grain.MapDataset, share: float, max_saturation: float,
+                      seed: int) -> grain.MapDataset:
+  """ds with ColourJitter after its crops; ds itself when share is 0."""
+  jitter = ColourJitter(share, max_saturation)  # Checks the arguments either way.
+  # Its own stream of draws (seed + 1), so the crops stay those of the seed.
+  return ds.random_map(jitter, seed=(seed + 1) % 2**32) if share else ds
+
+
 def _global_order(num_records: int, seed: int, num_epochs: int | None) -> grain.MapDataset:
   return grain.MapDataset.range(num_records).shuffle(seed).repeat(num_epochs)
 
@@ -236,7 +286,8 @@ def make_dataset(paths: Sequence[str], *, clip_len: int, crop: tuple[int, int], 
                  num_epochs: int | None = None, stride: int = 1,
                  photos: Sequence[np.ndarray] | None = None,
                  cache_bytes: int = DEFAULT_CACHE_BYTES,
-                 read_threads: int = 2, still_share: float = 0.0) -> BatchIterator:
+                 read_threads: int = 2, still_share: float = 0.0, colour_share: float = 0.0,
+                 colour_max_saturation: float = 1.5) -> BatchIterator:
   """An iterator of uint8 batches (batch_size, clip_len, crop_h, crop_w, 3) of this process's shard.
 
   Args:
@@ -258,6 +309,9 @@ def make_dataset(paths: Sequence[str], *, clip_len: int, crop: tuple[int, int], 
       num_photo_clips > 0.
     cache_bytes: per-process budget for decoded videos (see ClipSource).
     read_threads: batches prepared concurrently in each process.
+    colour_share, colour_max_saturation: the share of clips recoloured by
+      ColourJitter, and its largest chroma factor (0: no recolouring, and
+      the same batches as before it existed).
 
   Checkpointing with the train state, e.g. in an orbax.checkpoint.CheckpointManager:
     manager.save(step, args=ocp.args.Composite(
@@ -281,6 +335,7 @@ def make_dataset(paths: Sequence[str], *, clip_len: int, crop: tuple[int, int], 
   # Crops are drawn before sharding, so they follow the global stream position.
   ds = _global_order(len(source), seed, num_epochs)
   ds = ds.random_map(RandomCropClip(source, crop), seed=seed)
+  ds = add_colour_jitter(ds, colour_share, colour_max_saturation, seed)
   ds = _shard(ds, shard_index, shard_count, num_epochs).batch(batch_size, drop_remainder=True)
   return BatchIterator(ds, read_threads, worker_count)
 

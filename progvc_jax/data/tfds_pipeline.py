@@ -69,7 +69,8 @@ class RandomWindowCrop(grain.transforms.RandomMap):
 def make_tfds_dataset(name: str, data_dir: str | None, *, split: str, clip_len: int,
                       crop: tuple[int, int], batch_size: int, seed: int, shard_index: int,
                       shard_count: int, worker_count: int, num_epochs: int | None = None,
-                      video_key: str = "video", read_threads: int = 2) -> pipeline.BatchIterator:
+                      video_key: str = "video", read_threads: int = 2, colour_share: float = 0.0,
+                      colour_max_saturation: float = 1.5) -> pipeline.BatchIterator:
   """An iterator of uint8 batches (batch_size, clip_len, crop_h, crop_w, 3) of this process's shard.
 
   Args:
@@ -94,6 +95,7 @@ def make_tfds_dataset(name: str, data_dir: str | None, *, split: str, clip_len: 
   ds = pipeline._global_order(len(source), seed, num_epochs)  # pylint: disable=protected-access
   ds = ds.random_map(RandomWindowCrop(source, video_key, clip_len, crop,
                                       feature.feature if encoded else None), seed=seed)
+  ds = pipeline.add_colour_jitter(ds, colour_share, colour_max_saturation, seed)
   ds = pipeline._shard(ds, shard_index, shard_count, num_epochs)  # pylint: disable=protected-access
   return pipeline.BatchIterator(ds.batch(batch_size, drop_remainder=True), read_threads,
                                 worker_count)

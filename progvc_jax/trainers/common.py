@@ -65,7 +65,7 @@ def run(config, workdir: str, mesh, *, abstract, init, step, evaluate, figures, 
   # Input: this process's share of the training stream, and fixed evaluation batches.
   pid, nproc = jax.process_index(), jax.process_count()
   train_iter = iter(make_input(config, config.seed, pid, nproc, config.data.worker_count))
-  eval_iter = iter(make_input(config, config.seed + 1, pid, nproc, 0))
+  eval_iter = iter(make_input(config, config.seed + 1, pid, nproc, 0, augment=False))
   eval_batches = [next(eval_iter) for _ in range(config.eval_batches)]
 
   # Checkpoints: resume (the input iterator too), or start fresh.
@@ -103,11 +103,15 @@ def run(config, workdir: str, mesh, *, abstract, init, step, evaluate, figures, 
   return state
 
 
-def make_input(config, seed: int, shard_index: int, shard_count: int, worker_count: int):
+def make_input(config, seed: int, shard_index: int, shard_count: int, worker_count: int, *,
+               augment: bool = True):
   """This process's grain iterator of uint8 clip batches (B / processes, T, crop, crop, 3)
   over the TFDS dataset `config.data.tfds_name` if set, else over the embedded
-  dataset and `config.data.videos`."""
+  dataset and `config.data.videos`. augment=False leaves out the colour jitter (evaluation
+  batches show the data as it is)."""
   local = config.batch_size // shard_count
+  colour = dict(colour_share=config.data.get("colour_share", 0.0) if augment else 0.0,
+                colour_max_saturation=config.data.get("colour_max_saturation", 1.5))
   if config.data.get("tfds_name"):
     from progvc_jax.data import tfds_pipeline  # Deferred: only training reads datasets.
 
@@ -115,14 +119,14 @@ def make_input(config, seed: int, shard_index: int, shard_count: int, worker_cou
         config.data.tfds_name, config.data.tfds_data_dir, split=config.data.tfds_split,
         clip_len=config.data.clip_len, crop=(config.data.crop, config.data.crop),
         batch_size=local, seed=seed, shard_index=shard_index, shard_count=shard_count,
-        worker_count=worker_count, video_key=config.data.tfds_video_key)
+        worker_count=worker_count, video_key=config.data.tfds_video_key, **colour)
   from progvc_jax.data import pipeline  # video decoding is needed only when training
 
   return pipeline.default_dataset(
       extra_videos=tuple(config.data.videos), clip_len=config.data.clip_len,
       crop=(config.data.crop, config.data.crop), batch_size=local, seed=seed,
       num_photo_clips=config.data.num_photo_clips, still_share=config.data.get("still_share", 0.0),
-      shard_index=shard_index, shard_count=shard_count, worker_count=worker_count)
+      shard_index=shard_index, shard_count=shard_count, worker_count=worker_count, **colour)
 
 
 def make_optimizer(cfg, total_steps: int, lr: float | None = None) -> optax.GradientTransformation:

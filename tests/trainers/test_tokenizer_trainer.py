@@ -149,6 +149,16 @@ def test_decoder_fine_tune_keeps_encoder_and_codebook_bit_for_bit(mesh222):
     trainer_lib.Trainer(small_config(train_only="decodr"), mesh222)
 
 
+def test_colour_jitter_reaches_the_training_batches_and_not_the_evaluation_batches():
+  plain = next(iter(common.make_input(small_config(), 0, 0, 1, 0)))
+  config = small_config(**{"data.colour_share": 1.0})
+  train = next(iter(common.make_input(config, 0, 0, 1, 0)))
+  evaluation = next(iter(common.make_input(config, 0, 0, 1, 0, augment=False)))
+  np.testing.assert_array_equal(evaluation, plain)
+  assert train.shape == plain.shape
+  assert all(not np.array_equal(a, b) for a, b in zip(train, plain))
+
+
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
   """An uninterrupted 4-step run, and one stopped after step 2 then resumed."""
