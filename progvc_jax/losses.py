@@ -1,4 +1,4 @@
-"""Training losses of the tokenizer stage: L1, MS-SSIM, hinge GAN, LPIPS.
+"""Training losses of the tokenizer stage: L1, chroma L1, MS-SSIM, hinge GAN, LPIPS.
 
 Everything is a pure JAX function of arrays, so the trainer can jit and
 differentiate it. Images are NHWC in [-1, 1]. LPIPS is optional: its network
@@ -12,11 +12,26 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from progvc_jax import colourspace
+
 MS_SSIM_WEIGHTS = (0.0448, 0.2856, 0.3001, 0.2363, 0.1333)
 
 
 def l1(x: jax.Array, y: jax.Array) -> jax.Array:
   return jnp.mean(jnp.abs(x.astype(jnp.float32) - y.astype(jnp.float32)))
+
+
+def chroma_l1(x: jax.Array, y: jax.Array) -> jax.Array:
+  """Mean absolute difference of x and y (NHWC, RGB) on BT.601's two colour-difference axes, Cb and Cr.
+
+  Luma does not enter: the term asks for colour alone. A tokenizer trained on
+  L1 in RGB can keep colour along one axis only (the one its latent spends
+  most on) and still score well, as the chroma of natural pictures is small
+  beside their luma; weighting this term (`loss.chroma`) makes the lost axis
+  cost what it is worth.
+  """
+  to_chroma = jnp.asarray(colourspace.RGB_TO_YCBCR[1:].T)
+  return jnp.mean(jnp.abs((x.astype(jnp.float32) - y.astype(jnp.float32)) @ to_chroma))
 
 
 def _gaussian_blur(x: jax.Array, size: int, sigma: float) -> jax.Array:

@@ -10,6 +10,7 @@ import skimage.data
 from PIL import Image
 
 from progvc_jax import losses
+from progvc_jax.data import pipeline
 
 # Jitted once here: op-by-op execution of the 5-scale pyramid is ~20x slower.
 ms_ssim = jax.jit(losses.ms_ssim)
@@ -54,6 +55,19 @@ def test_l1():
   x = jnp.zeros((2, 4, 4, 3))
   y = x.at[0].set(1.0).at[1].set(-3.0)
   np.testing.assert_allclose(losses.l1(x, y), 2.0)
+
+
+def test_chroma_l1_sees_colour_and_not_luma():
+  x = _to_model(_astronaut())
+  # A change of brightness alone (the same shift on R, G and B) is no colour difference.
+  np.testing.assert_allclose(losses.chroma_l1(x, x + 0.2), 0.0, atol=1e-6)
+  # A hue turned with luma kept is one, and the larger the turn the larger it is.
+  turned = [_to_model(pipeline.recolour(_astronaut()[None], np.deg2rad(t), 1.0)[0]) for t in (30, 120)]
+  small, large = (float(losses.chroma_l1(x, t)) for t in turned)
+  assert 0.02 < small < large
+  # The value: mean |delta Cb| and |delta Cr| of a red shift of 0.4 on R alone.
+  np.testing.assert_allclose(losses.chroma_l1(x, x.at[..., 0].add(0.4)), 0.4 * (0.168736 + 0.5) / 2,
+                             rtol=1e-5)
 
 
 def test_ms_ssim_identical_is_one():

@@ -67,7 +67,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.disc_lr = ml_collections.config_dict.placeholder(float)
   c.ema_decay = 0.999 if not small else 0.99
 
-  c.loss = dict(l1=1.0, ms_ssim=0.2, lpips=1.0, vq=1.0, gan=0.1 if not small else 0.0,
+  c.loss = dict(l1=1.0, chroma=0.0, ms_ssim=0.2, lpips=1.0, vq=1.0, gan=0.1 if not small else 0.0,
                 gan_start=20_000 if not small else 1000, adaptive_max=1e4)
   c.lpips_path = ""  # LPIPS weights (.npz); empty: the LPIPS term is off
   c.random_prefix = 0.5  # share of frames decoded from a random prefix of scales

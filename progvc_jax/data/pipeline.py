@@ -24,6 +24,7 @@ from absl import flags
 import grain
 import numpy as np
 
+from progvc_jax import colourspace
 from progvc_jax.data import samples
 from progvc_jax.data import video
 
@@ -158,13 +159,6 @@ class RandomCropClip(grain.transforms.RandomMap):
     return np.clip(np.rint(out), 0, 255).astype(np.uint8)
 
 
-# Full-range BT.601: luma and the two colour-difference axes of an RGB triple.
-_RGB_TO_YCC = np.array([[0.299, 0.587, 0.114],
-                        [-0.168736, -0.331264, 0.5],
-                        [0.5, -0.418688, -0.081312]], np.float32)
-_YCC_TO_RGB = np.linalg.inv(_RGB_TO_YCC.astype(np.float64)).astype(np.float32)
-
-
 def recolour(clip: np.ndarray, hue: float, saturation: float) -> np.ndarray:
   """A uint8 clip (..., 3) with its hue turned by `hue` radians and its chroma scaled by `saturation`.
 
@@ -173,7 +167,7 @@ def recolour(clip: np.ndarray, hue: float, saturation: float) -> np.ndarray:
   """
   c, s = np.cos(hue) * saturation, np.sin(hue) * saturation
   turn = np.array([[1, 0, 0], [0, c, -s], [0, s, c]], np.float32)
-  m = _YCC_TO_RGB @ turn @ _RGB_TO_YCC
+  m = colourspace.YCBCR_TO_RGB @ turn @ colourspace.RGB_TO_YCBCR
   out = clip.astype(np.float32) @ m.T
   return np.clip(np.rint(out), 0, 255).astype(np.uint8)
 

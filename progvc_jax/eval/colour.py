@@ -12,10 +12,11 @@ from typing import Callable, Sequence
 
 import numpy as np
 
+from progvc_jax import colourspace
 from progvc_jax.data import pipeline
 from progvc_jax.eval import metrics
 
-_RGB_TO_CHROMA = pipeline._RGB_TO_YCC[1:]  # pylint: disable=protected-access  # (Cb, Cr) rows
+_RGB_TO_CHROMA = colourspace.RGB_TO_YCBCR[1:]  # (Cb, Cr) rows
 
 
 def chroma_error(ref: np.ndarray, dist: np.ndarray) -> float:

@@ -118,6 +118,8 @@ class Trainer:
   def _reconstruction_loss(self, rec, x):
     c = self.config.loss
     loss = c.l1 * losses.l1(rec, x)
+    if c.get("chroma"):
+      loss += c.chroma * losses.chroma_l1(rec, x)
     if c.ms_ssim:
       loss += c.ms_ssim * jnp.mean(1.0 - losses.ms_ssim(rec, x, weights=self.msssim_w))
     if self.lpips is not None and c.lpips:

@@ -3,6 +3,7 @@
 import numpy as np
 import pytest
 
+from progvc_jax import colourspace
 from progvc_jax.data import pipeline, samples
 from progvc_jax.eval import colour
 
@@ -35,7 +36,7 @@ def test_a_codec_that_drops_colour_keeps_none_and_its_error_is_the_colour_lost(p
 
 def test_the_turns_move_colour_onto_the_axis_a_codec_loses():
   """A codec that keeps only Cb (blue to yellow) keeps a blue picture whole and loses it turned by 90 degrees."""
-  to_ycc, to_rgb = pipeline._RGB_TO_YCC.astype(np.float64), pipeline._YCC_TO_RGB.astype(np.float64)
+  to_ycc, to_rgb = colourspace.RGB_TO_YCBCR.astype(np.float64), colourspace.YCBCR_TO_RGB.astype(np.float64)
 
   def cb_only(x):
     ycc = x.astype(np.float64) @ to_ycc.T

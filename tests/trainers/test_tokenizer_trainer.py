@@ -13,7 +13,7 @@ from flax import nnx
 from skimage import data as skdata
 
 from progvc_jax.configs import tokenizer as tokenizer_config
-from progvc_jax import checkpointing, sharding
+from progvc_jax import checkpointing, losses, sharding
 from progvc_jax.trainers import common
 from progvc_jax.trainers import tokenizer as trainer_lib
 
@@ -157,6 +157,15 @@ def test_colour_jitter_reaches_the_training_batches_and_not_the_evaluation_batch
   np.testing.assert_array_equal(evaluation, plain)
   assert train.shape == plain.shape
   assert all(not np.array_equal(a, b) for a, b in zip(train, plain))
+
+
+def test_chroma_weight_adds_the_colour_difference_loss(mesh222):
+  x = jnp.asarray(photo_batch()[:, 0], jnp.float32) / 127.5 - 1.0
+  rec = jnp.roll(x, 1, axis=-1)  # R, G, B -> B, R, G: the colours change, most of the luma not
+  plain = trainer_lib.Trainer(small_config(), mesh222)._reconstruction_loss(rec, x)
+  weighted = trainer_lib.Trainer(small_config(**{"loss.chroma": 3.0}), mesh222)._reconstruction_loss(rec, x)
+  np.testing.assert_allclose(weighted - plain, 3.0 * losses.chroma_l1(rec, x), rtol=1e-5)
+  assert float(losses.chroma_l1(rec, x)) > 0.05
 
 
 @pytest.fixture(scope="module")
