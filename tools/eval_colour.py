@@ -1,9 +1,10 @@
 """Which colours a model keeps: its tokenizer's round trip of pictures with their hues turned.
 
-  python tools/eval_colour.py [--models default,runs/new.pgvcm] [--turns 0,60,120,180,240,300]
+  python tools/eval_colour.py [--models default,runs/new.pgvcm,runs/tok] [--turns 0,60,120,180,240,300]
       [--size 256] [--videos bigbuckbunny.mp4,...] [--out colour.json] [--strip colour.png]
 
-Each model's tokenizer codes every picture at all scales (nearest codes) and
+A model is a codec bundle or a tokenizer's training workdir, so a run can
+be checked while it trains, before it has a context model. Each model's tokenizer codes every picture at all scales (nearest codes) and
 decodes it: what a whole stream decodes to, less the encoder's rate choice. The pictures are the embedded dataset's eight
 photos (their middle --size square), each with its hue turned by every
 --turns angle in the (Cb, Cr) plane, luma kept (progvc_jax/eval/colour.py);
@@ -20,7 +21,8 @@ import os
 
 from absl import app, flags
 
-flags.DEFINE_list("models", ["default"], "Codec bundles; `default` is the shipped model.")
+flags.DEFINE_list("models", ["default"], "Codec bundles, or tokenizer training workdirs (the EMA weights of "
+                  "their latest checkpoint) or parameter checkpoints; `default` is the shipped model.")
 flags.DEFINE_list("turns", ["0", "60", "120", "180", "240", "300"], "Hue turns, in degrees.")
 flags.DEFINE_integer("size", 256, "Side of the middle square of each photo.")
 flags.DEFINE_list("videos", ["carphone_pristine.mp4", "bikes.mp4", "bigbuckbunny.mp4"],
@@ -38,13 +40,23 @@ def middle(picture, size):
   return picture[(h - s) // 2:(h - s) // 2 + s, (w - s) // 2:(w - s) // 2 + s]
 
 
+def load_tokenizer(name):
+  """The tokenizer of the shipped model (`default`), of a codec bundle, or of a training workdir or checkpoint."""
+  from progvc_jax import checkpointing, codec
+  from progvc_jax.codec import bundle
+
+  if os.path.isdir(name):
+    args, params = checkpointing.load_params(name, "tokenizer")
+    return bundle.Bundle(name, b"", args, {}, params, {}).tokenizer()
+  return codec.load_model(None if name == "default" else name).tokenizer
+
+
 def main(argv):
   del argv
   os.environ.setdefault("JAX_PLATFORMS", "cpu")
   import jax.numpy as jnp
   import numpy as np
 
-  from progvc_jax import codec
   from progvc_jax.data import pipeline, samples, video
   from progvc_jax.eval import colour, metrics
   from progvc_jax.eval.completion import clip_path
@@ -56,7 +68,7 @@ def main(argv):
   shown = [pipeline.recolour(photos[FLAGS.strip_photo][None], np.deg2rad(t), 1.0)[0] for t in turns]
   shown += [middle(f[0], FLAGS.size) for f in frames.values()]
   for name in FLAGS.models:
-    tok = codec.load_model(None if name == "default" else name).tokenizer
+    tok = load_tokenizer(name)
 
     def round_trip(x, tok=tok):
       h, w = x.shape[1:3]
