@@ -99,12 +99,13 @@ def main(argv):
   rows = colour.hue_sweep(round_trip, [p[:128, :128] for p in photos], [float(t) for t in FLAGS.turns])
   print(f"\nquantize={FLAGS.quantize} chroma={FLAGS.chroma} colour_share={FLAGS.colour_share} "
         f"steps={FLAGS.steps} seed={FLAGS.seed}")
-  print("| turn | PSNR-RGB (dB) | (Cb, Cr) error | colourfulness kept |")
-  print("|---|---|---|---|")
+  print("| turn | PSNR-RGB (dB) | PSNR-Y (dB) | (Cb, Cr) error | colourfulness kept |")
+  print("|---|---|---|---|---|")
   for r in rows:
-    print(f"| {r['turn']:.0f} | {r['psnr']:.2f} | {r['chroma_error']:.1f} | {r['chroma_kept']:.2f} |")
-  print(f"| mean | {np.mean([r['psnr'] for r in rows]):.2f} | {np.mean([r['chroma_error'] for r in rows]):.1f} | "
-        f"{np.mean([r['chroma_kept'] for r in rows]):.2f} |")
+    print(f"| {r['turn']:.0f} | {r['psnr']:.2f} | {r['psnr_y']:.2f} | {r['chroma_error']:.1f} | {r['chroma_kept']:.2f} |")
+  mean = lambda key: np.mean([r[key] for r in rows])
+  print(f"| mean | {mean('psnr'):.2f} | {mean('psnr_y'):.2f} | {mean('chroma_error'):.1f} | "
+        f"{mean('chroma_kept'):.2f} |")
 
 
 if __name__ == "__main__":

@@ -79,17 +79,19 @@ def main(argv):
     clips = {}
     for clip, f in frames.items():
       out = np.asarray(round_trip(f))
-      clips[clip] = dict(psnr=metrics.psnr_rgb(f, out), chroma_error=colour.chroma_error(f, out),
+      clips[clip] = dict(psnr=metrics.psnr_rgb(f, out), psnr_y=metrics.psnr_y(f, out),
+                         chroma_error=colour.chroma_error(f, out),
                          chroma_kept=colour.chroma(out) / max(colour.chroma(f), 1e-9))
     results[name] = dict(turns=rows, clips=clips)
     strip.append([np.asarray(round_trip(p[None]))[0] for p in shown])
     print(f"\n{name}: the {len(photos)} photos with hue turned (middle {FLAGS.size} px), then clips' first frames")
-    print("| picture | PSNR-RGB (dB) | (Cb, Cr) error | colourfulness kept |")
-    print("|---|---|---|---|")
+    print("| picture | PSNR-RGB (dB) | PSNR-Y (dB) | (Cb, Cr) error | colourfulness kept |")
+    print("|---|---|---|---|---|")
+    cells = lambda r: f"{r['psnr']:.2f} | {r['psnr_y']:.2f} | {r['chroma_error']:.1f} | {r['chroma_kept']:.2f} |"
     for r in rows:
-      print(f"| photos, turn {r['turn']:.0f} | {r['psnr']:.2f} | {r['chroma_error']:.1f} | {r['chroma_kept']:.2f} |")
+      print(f"| photos, turn {r['turn']:.0f} | " + cells(r))
     for clip, r in clips.items():
-      print(f"| {clip} | {r['psnr']:.2f} | {r['chroma_error']:.1f} | {r['chroma_kept']:.2f} |")
+      print(f"| {clip} | " + cells(r))
   if FLAGS.strip:
     from PIL import Image
     side = FLAGS.size  # every square shown at one size (a small clip's is scaled up, nearest)

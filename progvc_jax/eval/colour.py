@@ -33,24 +33,27 @@ def chroma(frames: np.ndarray) -> float:
 
 def hue_sweep(reconstruct: Callable[[np.ndarray], np.ndarray], pictures: Sequence[np.ndarray],
               turns_degrees: Sequence[float], saturation: float = 1.0) -> list[dict]:
-  """Per hue turn: PSNR-RGB, chroma error and the colourfulness kept, averaged over pictures.
+  """Per hue turn: PSNR-RGB, PSNR-Y, chroma error and the colourfulness kept, averaged over pictures.
 
   reconstruct: uint8 frames (N, H, W, 3) -> their reconstruction, the same shape.
   pictures: uint8 (H, W, 3) of any sizes (each is reconstructed alone).
-  Returns [{"turn": degrees, "psnr": dB, "chroma_error": code values,
-  "chroma_kept": reconstructed colourfulness / source colourfulness}].
+  Returns [{"turn": degrees, "psnr": dB, "psnr_y": dB of luma alone (the turn keeps it, so this is
+  the detail drawn, apart from colour), "chroma_error": code values, "chroma_kept": reconstructed
+  colourfulness / source colourfulness}].
   """
   rows = []
   for turn in turns_degrees:
-    psnr, err, kept = [], [], []
+    psnr, psnr_y, err, kept = [], [], [], []
     for picture in pictures:
       src = pipeline.recolour(picture[None], np.deg2rad(turn), saturation)
       out = np.asarray(reconstruct(src))
       if out.shape != src.shape:
         raise ValueError(f"reconstruct gave shape {out.shape} for {src.shape}")
       psnr.append(metrics.psnr_rgb(src, out))
+      psnr_y.append(metrics.psnr_y(src, out))
       err.append(chroma_error(src, out))
       kept.append(chroma(out) / max(chroma(src), 1e-9))
-    rows.append(dict(turn=float(turn), psnr=float(np.mean(psnr)), chroma_error=float(np.mean(err)),
+    rows.append(dict(turn=float(turn), psnr=float(np.mean(psnr)), psnr_y=float(np.mean(psnr_y)),
+                     chroma_error=float(np.mean(err)),
                      chroma_kept=float(np.mean(kept))))
   return rows
