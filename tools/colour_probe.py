@@ -11,7 +11,7 @@ turned anywhere round the circle (data.pipeline.recolour), on L1 plus
 decoded from a random prefix of scales as the trainer does, with VQ loss;
 with --quantize=false the encoder's latent goes straight to the decoder.
 Then prints the hue sweep of tools/eval_colour.py on the photos' top-left
-128 x 128: PSNR-RGB, the (Cb, Cr) error and the colourfulness kept per turn.
+128 x 128: PSNR-RGB, PSNR-Y, the (Cb, Cr) error and the colourfulness kept per turn.
 
 About a minute for 1500 steps on 2 CPU cores: a quick way to test what makes
 the tokenizer keep every hue before a full run (README, "Colours the

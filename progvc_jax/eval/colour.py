@@ -54,6 +54,5 @@ def hue_sweep(reconstruct: Callable[[np.ndarray], np.ndarray], pictures: Sequenc
       err.append(chroma_error(src, out))
       kept.append(chroma(out) / max(chroma(src), 1e-9))
     rows.append(dict(turn=float(turn), psnr=float(np.mean(psnr)), psnr_y=float(np.mean(psnr_y)),
-                     chroma_error=float(np.mean(err)),
-                     chroma_kept=float(np.mean(kept))))
+                     chroma_error=float(np.mean(err)), chroma_kept=float(np.mean(kept))))
   return rows
