@@ -8,8 +8,9 @@
 # and with them the bundle's context model and rates, stay as they were;
 # only the pictures change. The PatchGAN loss is on from the first step, and
 # the frames that random-prefix training cuts to k scales get scales k+1..K
-# from the bundle's own context model (argmax), as `progvc decode --complete
-# argmax` fills a truncated stream (docs/design.md section 5). 800 steps of 16
+# from the bundle's own context model, as `progvc decode --complete` fills a
+# truncated stream (docs/design.md section 5): COMPLETION=argmax (the
+# default), sample[:t=..] or mean[:t=..] (expected code vectors). 800 steps of 16
 # crops of 128 x 128 on the embedded data: about 35 minutes on 2 CPU cores.
 # An interrupted run resumes when the same command is run again. Compare the
 # result with the bundle it came from using tools/eval_rd.py (README, "A
@@ -19,7 +20,8 @@ cd "$(dirname "$0")/.."
 BUNDLE="${1:-progvc_jax/assets/default.pgvcm}"
 WORK="${2:-runs/decoder_ft}"
 OUT="${3:-runs/decoder_ft.pgvcm}"
+COMPLETION="${COMPLETION:-argmax}"
 python -m progvc_jax.train --config configs/tokenizer.py:default,steps=800 --config.init_from="$BUNDLE" \
-  --config.train_only=decoder,post_quant_conv --config.complete_with="$BUNDLE" --config.completion=argmax \
+  --config.train_only=decoder,post_quant_conv --config.complete_with="$BUNDLE" --config.completion="$COMPLETION" \
   --config.loss.gan=0.3 --config.loss.gan_start=0 --config.optimizer.lr=1e-4 --workdir "$WORK"
 python -m progvc_jax.export --tokenizer "$WORK" --context "$BUNDLE" --out "$OUT" --overwrite

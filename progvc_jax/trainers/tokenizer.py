@@ -19,9 +19,10 @@ valid; codebook revival is then off unless the quantizer learns.
 `config.complete_with` (a codec bundle, or a context-model workdir or
 checkpoint) couples that fine-tune to the generative prior: the frames that
 random-prefix training cuts to k scales get their scales k+1..K from the
-context model (`config.completion`: argmax, or sample with a temperature,
-top-k and top-p), as the codec's decoder completes a truncated stream, and
-the decoder learns to render those token maps against the source. Encoder
+context model (`config.completion`: argmax; sample with a temperature,
+top-k and top-p; or mean with a temperature, the expected code vectors
+with the context following the argmax), as the codec's decoder completes a
+truncated stream, and the decoder learns to render them against the source. Encoder
 and codebook must then be frozen, since the completed tokens come from
 them.
 """
@@ -171,28 +172,38 @@ class Trainer:
     rows, cols = tok.tile_grid(height, width)
     tiles = tok.to_tiles(tok.latent(pad_to_multiple(x, tok.pixel_tile)))
     _, aux = tok.quantizer(tiles)  # every scale's true tokens (encoder and codebook are frozen)
-    tokens = self.complete(tok.quantizer, aux["tokens"], jnp.repeat(keep, rows * cols), (rows, cols), rng)
-    fhat = tok.from_tiles(tok.quantizer.decode(tokens), rows, cols)
+    per_tile = jnp.repeat(keep, rows * cols)
+    tokens, codes = self.complete(tok.quantizer, aux["tokens"], per_tile, (rows, cols), rng)
+    fhat = tok.from_tiles(completed_fhat(tok.quantizer, tokens, codes, per_tile), rows, cols)
     feats = tok.decoder.features(tok.post_quant_conv(fhat))
     rec = tok.decoder.output(feats)
     aux.update(latent=jax.lax.stop_gradient(tiles), last_features=feats)
     return rec.astype(jnp.float32)[:, :height, :width], aux
 
   def complete(self, quantizer, tokens, keep, grid, rng):
-    """Token maps [(N, p_k, p_k)] with every tile's scales from keep[i] on chosen by the context model
-    from the scales before them, as an I-frame (one teacher-forced pass per scale)."""
+    """(token maps [(N, p_k, p_k)] with every tile's scales from keep[i] on chosen by the context model
+    from the scales before them, as an I-frame (one teacher-forced pass per scale); for `mean`, also
+    every scale's expected code vectors [(N, p_k, p_k, C)] at the setting's temperature (the tokens,
+    which the next scales' context follows, are then the argmax), else None)."""
     model_def, params, setting = self.completion
     model = nnx.merge(model_def, params)
+    mean = setting["complete"] == "mean"
     out = [jax.lax.stop_gradient(t) for t in tokens]
+    codes = [jnp.zeros((*t.shape, quantizer.codebook.shape[1]), jnp.float32) for t in tokens] if mean else None
     frame_type = jnp.full((out[0].shape[0],), I_FRAME, jnp.int32)
     for k in range(1, len(out)):
       x_next, _ = progressive.teacher_inputs(quantizer, out, grid, model.neighbourhood)
       logits = model(jax.lax.stop_gradient(x_next), frame_type)[:, model.offsets[k]:model.offsets[k + 1]]
-      chosen = progressive.select_tokens(jax.nn.softmax(logits, -1), setting["complete"],
+      probs = jax.nn.softmax(logits.astype(jnp.float32), -1)
+      chosen = progressive.select_tokens(probs, "argmax" if mean else setting["complete"],
                                          jax.random.fold_in(rng, k), setting.get("temperature", 1.0),
                                          setting.get("top_k", 0), setting.get("top_p", 1.0))
       out[k] = jnp.where((keep > k)[:, None, None], out[k], chosen.reshape(out[k].shape))
-    return out
+      if mean:
+        expected = progressive.expected_codes(probs, jax.lax.stop_gradient(quantizer.codebook[...]),
+                                              setting.get("temperature", 1.0))
+        codes[k] = expected.reshape(codes[k].shape)
+    return out, codes
 
   def _disc_loss(self, disc, x, rec):
     d = nnx.merge(self.disc_def, disc)
@@ -267,6 +278,15 @@ class Trainer:
                 grid=((grid + 1) * 127.5).clip(0, 255).astype(jnp.uint8))
 
 
+def completed_fhat(quantizer, tokens, codes, keep):
+  """The tiles' fhat from `complete`'s token maps, or, where it gave expected code vectors (`mean`), from
+  those vectors at every scale from keep[i] on: what the codec's decoder renders."""
+  if codes is None:
+    return quantizer.decode(tokens)
+  return sum(jnp.where((keep > k)[:, None, None, None], quantizer.scale_residual(k, t),
+                       quantizer.residual_of_codes(k, c)) for k, (t, c) in enumerate(zip(tokens, codes)))
+
+
 def trainable_groups(config, tok_state) -> frozenset[str]:
   """The top-level parameter groups that learn: config.train_only's names, or all of them when it is empty."""
   groups = set(nnx.to_pure_dict(tok_state))
@@ -288,9 +308,9 @@ def completion_model(config, tok, trainable, mesh):
     return None
   from progvc_jax.eval.completion import parse_setting  # the setting syntax the codec's tools use
   setting = parse_setting(config.get("completion", "argmax"))
-  if setting["complete"] not in ("argmax", "sample"):
-    raise ValueError(f"complete_with needs a completion that chooses tokens (argmax or "
-                     f"sample[:t=../k=../p=..]), not {setting['complete']}")
+  if setting["complete"] not in ("argmax", "sample", "mean"):
+    raise ValueError(f"complete_with needs a completion of the missing scales (argmax, "
+                     f"sample[:t=../k=../p=..] or mean[:t=..]), not {setting['complete']}")
   if trainable & TOKEN_GROUPS:
     raise ValueError(f"complete_with completes the frozen tokenizer's tokens: train only the decoder "
                      f"(train_only=decoder,post_quant_conv), not {', '.join(sorted(trainable & TOKEN_GROUPS))}")

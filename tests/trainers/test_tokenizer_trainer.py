@@ -271,7 +271,8 @@ def test_decoder_fine_tune_on_completed_scales(mesh222, tmp_path):
   rows, cols = tok.tile_grid(32, 32)
   flat = [t.reshape(-1, *t.shape[2:]) for t in tokens]
   keep = jnp.repeat(jnp.asarray([1, 2]), rows * cols)
-  done = trainer.complete(tok.quantizer, flat, keep, (rows, cols), jax.random.key(0))
+  done, codes = trainer.complete(tok.quantizer, flat, keep, (rows, cols), jax.random.key(0))
+  assert codes is None  # argmax chooses tokens; only `mean` gives code vectors
   # The kept prefix is untouched; the rest is what the codec's own completion (argmax, cached steps) gives.
   steps = progressive.FrameSteps(tok.quantizer, model)
   agree = []
@@ -301,14 +302,52 @@ def test_decoder_fine_tune_on_completed_scales(mesh222, tmp_path):
                                                       jax.tree.leaves(after["decoder"])))
 
 
+def test_decoder_fine_tune_on_scales_completed_in_expectation(mesh222, tmp_path):
+  """completion=mean:t=T: the decoder learns on the fhat the codec's `mean` decode renders (the expected
+  code vectors of the missing scales, the context following the argmax), and only the decoder learns."""
+  from progvc_jax.models import progressive
+  from progvc_jax.models.transformer import I_FRAME
+  ctx_path, model = context_checkpoint(tmp_path / "ctx", small_config())
+  config = small_config(train_only="decoder,post_quant_conv", complete_with=ctx_path, completion="mean:t=2",
+                        random_prefix=1.0)
+  trainer = trainer_lib.Trainer(config, mesh222)
+  state = trainer.init(jax.random.key(0))
+  tok = nnx.merge(trainer.tok_def, jax.device_get(state["params"]))
+  x = common.to_unit_range(jnp.asarray(photo_batch()[:2, 0]))
+  rows, cols = tok.tile_grid(32, 32)
+  flat = [t.reshape(-1, *t.shape[2:]) for t in tok.encode(x)]
+  keep = jnp.repeat(jnp.asarray([1, 3]), rows * cols)
+  tokens, codes = trainer.complete(tok.quantizer, flat, keep, (rows, cols), jax.random.key(0))
+  fhat = np.asarray(trainer_lib.completed_fhat(tok.quantizer, tokens, codes, keep))
+  steps = progressive.FrameSteps(tok.quantizer, model)
+  for frame, kept in enumerate((1, 3)):
+    tiles = slice(frame * rows * cols, (frame + 1) * rows * cols)
+    given = [f[tiles].reshape(rows * cols, -1) for f in flat[:kept]]
+    ref, _, _ = steps.run(rows * cols, I_FRAME, None, steps.completer(given, "mean", jax.random.key(0), 2.0),
+                          grid=(rows, cols))
+    np.testing.assert_allclose(fhat[tiles], np.asarray(ref), atol=1e-4)
+  as_tokens = np.asarray(tok.quantizer.decode(tokens))  # the argmax tokens' fhat: not what is rendered
+  assert np.abs(as_tokens - fhat).max() > 1e-2
+
+  before = jax.device_get(state["params"])
+  batch = jax.device_put(photo_batch(), sharding.batch_sharding(mesh222, 5))
+  for _ in range(2):  # the first step's learning rate is 0 (warm-up)
+    state, figures = trainer.step(state, batch)
+  assert float(figures["nonfinite"]) == 0.0
+  after = jax.device_get(state["params"])
+  for group in trainer_lib.TOKEN_GROUPS:
+    assert all(np.array_equal(a, b) for a, b in zip(jax.tree.leaves(before[group]), jax.tree.leaves(after[group])))
+  assert any(not np.array_equal(a, b) for a, b in zip(jax.tree.leaves(before["decoder"]),
+                                                      jax.tree.leaves(after["decoder"])))
+
+
 def test_completion_fine_tune_refuses_what_would_change_or_miss_the_tokens(mesh222, tmp_path):
   ctx_path, _ = context_checkpoint(tmp_path / "ctx", small_config())
   with pytest.raises(ValueError, match="train only the decoder .* not encoder, quant_conv, quantizer"):
     trainer_lib.Trainer(small_config(complete_with=ctx_path), mesh222)
   only_decoder = dict(train_only="decoder,post_quant_conv", complete_with=ctx_path)
-  for mode in ("none", "mean"):
-    with pytest.raises(ValueError, match=f"needs a completion that chooses tokens .* not {mode}"):
-      trainer_lib.Trainer(small_config(completion=mode, **only_decoder), mesh222)
+  with pytest.raises(ValueError, match="needs a completion of the missing scales .* not none"):
+    trainer_lib.Trainer(small_config(completion="none", **only_decoder), mesh222)
   with pytest.raises(ValueError, match="the mode must be one of"):
     trainer_lib.Trainer(small_config(completion="greedy", **only_decoder), mesh222)
   other, _ = context_checkpoint(tmp_path / "other", small_config(), vocab_size=64)
