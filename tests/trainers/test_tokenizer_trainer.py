@@ -256,6 +256,21 @@ def context_checkpoint(path, config, **overrides):
   return str(path), model
 
 
+def assert_only_the_decoder_learns(trainer, state, mesh):
+  """Two training steps (the first one's learning rate is 0, warm-up) change the decoder and not a bit of
+  the groups that make the tokens."""
+  before = jax.device_get(state["params"])
+  batch = jax.device_put(photo_batch(), sharding.batch_sharding(mesh, 5))
+  for _ in range(2):
+    state, figures = trainer.step(state, batch)
+  assert float(figures["nonfinite"]) == 0.0
+  after = jax.device_get(state["params"])
+  for group in trainer_lib.TOKEN_GROUPS:
+    assert all(np.array_equal(a, b) for a, b in zip(jax.tree.leaves(before[group]), jax.tree.leaves(after[group])))
+  assert any(not np.array_equal(a, b) for a, b in zip(jax.tree.leaves(before["decoder"]),
+                                                      jax.tree.leaves(after["decoder"])))
+
+
 def test_decoder_fine_tune_on_completed_scales(mesh222, tmp_path):
   """complete_with: cut frames get their missing scales from the context model, as the codec completes a
   truncated stream; the decoder learns on them while the tokens' groups stay frozen."""
@@ -290,16 +305,7 @@ def test_decoder_fine_tune_on_completed_scales(mesh222, tmp_path):
   assert np.mean(np.concatenate([a.ravel() for a in agree])) > 0.99  # float argmax: near-ties may flip
   assert not all(np.array_equal(d, f) for d, f in zip(done, flat))  # the model's guess is not the source's
 
-  before = jax.device_get(state["params"])
-  batch = jax.device_put(photo_batch(), sharding.batch_sharding(mesh222, 5))
-  for _ in range(2):
-    state, figures = trainer.step(state, batch)
-  assert float(figures["nonfinite"]) == 0.0
-  after = jax.device_get(state["params"])
-  for group in trainer_lib.TOKEN_GROUPS:
-    assert all(np.array_equal(a, b) for a, b in zip(jax.tree.leaves(before[group]), jax.tree.leaves(after[group])))
-  assert any(not np.array_equal(a, b) for a, b in zip(jax.tree.leaves(before["decoder"]),
-                                                      jax.tree.leaves(after["decoder"])))
+  assert_only_the_decoder_learns(trainer, state, mesh222)
 
 
 def test_decoder_fine_tune_on_scales_completed_in_expectation(mesh222, tmp_path):
@@ -329,16 +335,7 @@ def test_decoder_fine_tune_on_scales_completed_in_expectation(mesh222, tmp_path)
   as_tokens = np.asarray(tok.quantizer.decode(tokens))  # the argmax tokens' fhat: not what is rendered
   assert np.abs(as_tokens - fhat).max() > 1e-2
 
-  before = jax.device_get(state["params"])
-  batch = jax.device_put(photo_batch(), sharding.batch_sharding(mesh222, 5))
-  for _ in range(2):  # the first step's learning rate is 0 (warm-up)
-    state, figures = trainer.step(state, batch)
-  assert float(figures["nonfinite"]) == 0.0
-  after = jax.device_get(state["params"])
-  for group in trainer_lib.TOKEN_GROUPS:
-    assert all(np.array_equal(a, b) for a, b in zip(jax.tree.leaves(before[group]), jax.tree.leaves(after[group])))
-  assert any(not np.array_equal(a, b) for a, b in zip(jax.tree.leaves(before["decoder"]),
-                                                      jax.tree.leaves(after["decoder"])))
+  assert_only_the_decoder_learns(trainer, state, mesh222)
 
 
 def test_completion_fine_tune_refuses_what_would_change_or_miss_the_tokens(mesh222, tmp_path):
