@@ -189,7 +189,7 @@ class Trainer:
     model = nnx.merge(model_def, params)
     mean = setting["complete"] == "mean"
     out = [jax.lax.stop_gradient(t) for t in tokens]
-    codes = [jnp.zeros((*t.shape, quantizer.codebook.shape[1]), jnp.float32) for t in tokens] if mean else None
+    codes = [None] * len(tokens) if mean else None  # scale 1 is always sent
     frame_type = jnp.full((out[0].shape[0],), I_FRAME, jnp.int32)
     for k in range(1, len(out)):
       x_next, _ = progressive.teacher_inputs(quantizer, out, grid, model.neighbourhood)
@@ -202,7 +202,7 @@ class Trainer:
       if mean:
         expected = progressive.expected_codes(probs, jax.lax.stop_gradient(quantizer.codebook[...]),
                                               setting.get("temperature", 1.0))
-        codes[k] = expected.reshape(codes[k].shape)
+        codes[k] = expected.reshape(*out[k].shape, -1)
     return out, codes
 
   def _disc_loss(self, disc, x, rec):
@@ -283,7 +283,8 @@ def completed_fhat(quantizer, tokens, codes, keep):
   those vectors at every scale from keep[i] on: what the codec's decoder renders."""
   if codes is None:
     return quantizer.decode(tokens)
-  return sum(jnp.where((keep > k)[:, None, None, None], quantizer.scale_residual(k, t),
+  return sum(quantizer.scale_residual(k, t) if c is None else
+             jnp.where((keep > k)[:, None, None, None], quantizer.scale_residual(k, t),
                        quantizer.residual_of_codes(k, c)) for k, (t, c) in enumerate(zip(tokens, codes)))
 
 
