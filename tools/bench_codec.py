@@ -6,7 +6,9 @@
 For each size, a clip of a virtual camera panning across one of the sample
 photos (real image content, smooth motion) is encoded at all scales and
 decoded, once untimed (to compile) and then --repeats times, with the
-encoder's default token choice. Time is split into tokenizer (frames <->
+encoder's default token choice and `--complete none` (the stream names no
+completion); then encoded again with the default `--complete choose`, whose
+extra time (decodes and scores of the first frames) is reported per stream. Time is split into tokenizer (frames <->
 tokens and pixels, and the encoder's choice of tokens), context model (the per-scale
 probability steps) and entropy coding (range coder), by timing those calls
 with a device sync. Reported: median frames/s, the shares, peak resident
@@ -90,7 +92,8 @@ def bench(model: CodecModel, timers: Timers, width: int, height: int) -> dict:
   data = encoder.encode(frames, model, fps=25, gop=FLAGS.gop)  # compiles every shape once
   decoder.decode(data, model, complete="none")
   result = {"size": f"{width}x{height}", "frames": FLAGS.frames}
-  for name, run in (("encode", lambda: encoder.encode(frames, model, fps=25, gop=FLAGS.gop)),
+  for name, run in (("encode", lambda: encoder.encode(frames, model, fps=25, gop=FLAGS.gop, complete="none")),
+                    ("encode_choose", lambda: encoder.encode(frames, model, fps=25, gop=FLAGS.gop)),
                     ("decode", lambda: decoder.decode(data, model, complete="none"))):
     walls, shares = [], []
     for _ in range(FLAGS.repeats):
@@ -104,6 +107,8 @@ def bench(model: CodecModel, timers: Timers, width: int, height: int) -> dict:
     for stage in ("tokenizer", "context model", "entropy coding"):
       result[f"{name}_share_{stage.replace(' ', '_')}"] = statistics.median(s.get(stage, 0.0) / w
                                                                             for s, w in zip(shares, walls))
+  # The completion choice's cost: the same encode with and without it, once per frames run.
+  result["choice_seconds"] = FLAGS.frames / result["encode_choose_fps"] - FLAGS.frames / result["encode_fps"]
   buf = io.BytesIO()
   enc = encoder.Encoder(model, buf, height, width, 25, gop=FLAGS.gop)
   for f in frames:
@@ -199,6 +204,8 @@ def main(argv):
             f"tokenizer {100 * r[f'{name}_share_tokenizer']:.0f}%, context model "
             f"{100 * r[f'{name}_share_context_model']:.0f}%, entropy coding "
             f"{100 * r[f'{name}_share_entropy_coding']:.1f}%")
+    print(f"{r['size']} encode with the completion choice (the default): {r['encode_choose_fps']:.2f} frames/s, "
+          f"the choice {r['choice_seconds']:.2f} s a stream")
     print(f"{r['size']}: {r['bpp']:.4f} bpp, real payload bits / cross-entropy {r['payload_bits_over_cross_entropy']:.4f}, "
           f"container share {100 * r['container_share']:.2f}%")
     print(f"{r['size']} container reader: {r['read_mb_per_s']:.1f} MB/s; a 2^62-byte chunk length refused in "

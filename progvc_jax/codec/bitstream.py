@@ -2,8 +2,9 @@
 
 Header (varint = unsigned LEB128, u32 = 4 bytes little-endian):
   b"PGVC" | version u8 | width, height, fps_num, fps_den varints | frame_count u32 |
-  gop, tile, downsample, K, schedule p_1..p_K, vocab_size, colour varints | [layout varint, version 3] |
-  fingerprint 8 bytes | header checksum 2 bytes LE (low 16 bits of crc32 of everything after the magic)
+  gop, tile, downsample, K, schedule p_1..p_K, vocab_size, colour varints | [layout varint, version >= 3] |
+  [completion: C varint (0 or K - 1), then C entries, version 4] | fingerprint 8 bytes |
+  header checksum 2 bytes LE (low 16 bits of crc32 of everything after the magic)
 A chunk is one scale of one frame: payload length varint | token checksum u8 | payload.
 
 Version 2 is the frame-major layout (FRAMES): frame after frame, each
@@ -19,6 +20,11 @@ any byte prefix of a layered stream holds every GOP before it whole and the
 last one at the scales that arrived: the whole video, coarser (`Reader` with
 partial=True reads such a prefix). Frame-major is for low latency: a frame is
 whole as soon as its bytes arrive, a layered GOP only once all of it has.
+Version 4 (either layout) adds the completion the encoder chose: entry k says how a decoder
+that follows the stream fills the scales of a frame that arrived with k of
+its K scales: 0 = none, 1 = argmax, 2 = mean followed by its temperature in
+hundredths (varint). A stream whose completion is `none` at every k is
+written as version 2 or 3, byte for byte what progvc wrote before.
 
 frame_count is fixed-width so that a writer can patch it once the frames are known.
 There is nothing else: at 0.02 bpp a 640x480 frame is ~770 bytes, and every
@@ -38,11 +44,15 @@ from typing import BinaryIO, Callable, Iterator
 import numpy as np
 
 MAGIC = b"PGVC"
-VERSION = 3  # the newest this progvc writes; frame-major streams are still written as version 2
+VERSION = 4  # the newest this progvc writes: with a completion (else 3, or 2 for the frame-major layout)
 FRAMES, LAYERED = 0, 1
 LAYOUTS = {"frames": FRAMES, "layered": LAYERED}
 LAYOUT_NAMES = {v: k for k, v in LAYOUTS.items()}
-_READ_VERSIONS = (2, 3)
+_READ_VERSIONS = (2, 3, 4)
+# The completions a stream can name (a decoder's `complete="stream"` follows them): `sample` is not among
+# them, since its frames depend on the decoder's seed.
+STREAM_COMPLETIONS = ("none", "argmax", "mean")
+_MAX_TEMPERATURE_HUNDREDTHS = 10_000
 # Version 1 streams were coded with float32 probabilities, which decode only
 # where floats round alike; version 2 codes with the integer path's frequencies.
 _OLD_VERSIONS = {1: "its probabilities were float32, which decode only on a machine that rounds exactly like "
@@ -122,9 +132,17 @@ class Header:
   colour: int
   fingerprint: bytes
   layout: int = FRAMES
+  # completion[k - 1]: how a frame that arrived with k scales is completed (`canonical_completion` strings:
+  # "none", "argmax", "mean:t=T"); () for none at every k.
+  completion: tuple[str, ...] = ()
 
   def __post_init__(self):
     object.__setattr__(self, "schedule", tuple(int(p) for p in self.schedule))
+    completion = tuple(canonical_completion(c) for c in self.completion)
+    if completion and len(completion) != len(self.schedule) - 1:
+      raise StreamError(f"implausible header: {len(completion)} completions for {len(self.schedule)} scales, "
+                        f"expected {len(self.schedule) - 1} (one per scale count below the maximum) or none")
+    object.__setattr__(self, "completion", () if all(c == "none" for c in completion) else completion)
     object.__setattr__(self, "fingerprint", bytes(self.fingerprint))
     # Bounds are generous but finite, so a crafted header cannot ask for absurd allocations.
     limits = {"width": (1, 1 << 16), "height": (1, 1 << 16), "fps_num": (1, 1 << 32), "fps_den": (1, 1 << 32),
@@ -152,18 +170,58 @@ class Header:
   def num_scales(self) -> int:
     return len(self.schedule)
 
+  def completion_of(self, scales: int) -> str:
+    """The completion this stream names for a frame that arrived with `scales` scales ("none" at all scales)."""
+    return self.completion[scales - 1] if self.completion and scales < self.num_scales else "none"
+
+  @property
+  def version(self) -> int:
+    """4 with a completion; else 2 for the frame-major layout (what progvc wrote before layouts), 3 otherwise."""
+    return 4 if self.completion else 2 if self.layout == FRAMES else 3
+
   def to_bytes(self) -> bytes:
-    """Version 2 for the frame-major layout (what progvc wrote before layouts), 3 with the layout field."""
-    body = bytearray([2 if self.layout == FRAMES else 3])
+    body = bytearray([self.version])
     for v in (self.width, self.height, self.fps_num, self.fps_den):
       body += encode_varint(v)
     body += self.frame_count.to_bytes(4, "little")
     for v in (self.gop, self.tile, self.downsample, self.num_scales, *self.schedule, self.vocab_size, self.colour):
       body += encode_varint(v)
-    if self.layout != FRAMES:
+    if self.version >= 3:
       body += encode_varint(self.layout)
+    if self.version >= 4:
+      body += encode_varint(len(self.completion))
+      for c in self.completion:
+        body += _completion_bytes(c)
     body += self.fingerprint
     return MAGIC + bytes(body) + (zlib.crc32(body) & 0xFFFF).to_bytes(2, "little")
+
+
+def canonical_completion(setting: str) -> str:
+  """"none", "argmax" or "mean:t=T" (T > 0, kept to hundredths) in one spelling; a StreamError otherwise."""
+  mode, _, rest = str(setting).partition(":")
+  if mode in ("none", "argmax") and not rest:
+    return mode
+  if mode == "mean":
+    t = 1.0
+    if rest:
+      key, _, value = rest.partition("=")
+      try:
+        t = float(value) if key == "t" else float("nan")
+      except ValueError:
+        t = float("nan")
+    hundredths = round(t * 100) if t == t and t < float("inf") else -1
+    if 1 <= hundredths <= _MAX_TEMPERATURE_HUNDREDTHS:
+      return f"mean:t={hundredths / 100:g}"
+  raise StreamError(f"a stream's completion must be none, argmax or mean:t=T with 0.01 <= T <= "
+                    f"{_MAX_TEMPERATURE_HUNDREDTHS // 100}, got {setting!r}")
+
+
+def _completion_bytes(setting: str) -> bytes:
+  mode, _, rest = setting.partition(":")
+  code = STREAM_COMPLETIONS.index(mode)
+  if mode != "mean":
+    return encode_varint(code)
+  return encode_varint(code) + encode_varint(round(float(rest.partition("=")[2]) * 100))
 
 
 @dataclass
@@ -451,6 +509,17 @@ class Reader:
     schedule = tuple(self._varint() for _ in range(k))
     vocab_size, colour = self._varint(), self._varint()
     layout = FRAMES if version == 2 else self._varint()
+    completion = []
+    if version >= 4:
+      count = self._varint()
+      if count not in (0, k - 1):
+        raise StreamError(f"corrupt header: {count} completions for {k} scales")
+      for _ in range(count):
+        code = self._varint()
+        if code >= len(STREAM_COMPLETIONS):
+          raise StreamError(f"corrupt header: completion code {code}")
+        mode = STREAM_COMPLETIONS[code]
+        completion.append(f"mean:t={self._varint() / 100:g}" if mode == "mean" else mode)
     fingerprint = self._read(FINGERPRINT_BYTES)
     body = bytes(self._body)
     self._body = None
@@ -459,7 +528,7 @@ class Reader:
       raise StreamError("corrupt header (checksum mismatch)")
     return Header(width=width, height=height, fps_num=fps_num, fps_den=fps_den, frame_count=frame_count, gop=gop,
                   tile=tile, downsample=downsample, schedule=schedule, vocab_size=vocab_size, colour=colour,
-                  fingerprint=fingerprint, layout=layout)
+                  fingerprint=fingerprint, layout=layout, completion=tuple(completion))
 
   def __iter__(self) -> Iterator[Frame]:
     frames = self._layered() if self.header.layout == LAYERED else self._frame_major()

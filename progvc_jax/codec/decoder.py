@@ -5,7 +5,9 @@ frequencies of scale k (the same on every machine), the range decoder turns chun
 tokens' checksum is verified (a mismatch names frame and scale). Scales that
 were not sent are completed by the model (`sample` or `argmax`), rendered as
 its expected code vector (`mean`), or left out
-(`none`: the frame is the prefix it received). A stream made with another
+(`none`: the frame is the prefix it received); `stream` (the default) does
+what the stream's header names for the number of scales the frame has (the
+encoder's choice; `none` for a stream that names nothing). A stream made with another
 model (fingerprint) is refused before anything is decoded.
 
 A stream that ends early (a cut download, a pipe closed) is not an error:
@@ -27,6 +29,8 @@ from progvc_jax.codec.model import CodecModel
 from progvc_jax.models.progressive import COMPLETIONS
 
 StreamError = bitstream.StreamError
+# `stream`: the completion the stream names for each frame's scale count (bitstream.Header.completion).
+DECODER_COMPLETIONS = ("stream",) + COMPLETIONS
 
 
 def check_model(header: bitstream.Header, model: CodecModel) -> None:
@@ -53,9 +57,10 @@ def decode_tokens(model: CodecModel, f, *, complete: str = DEFAULT_COMPLETION["c
   memory for large frames; the frequencies, and so the tokens, are identical).
   partial: decode a stream that ends early (see the module docstring); a
   frame that repeats the last one comes with no tokens. False: that is a StreamError.
+  complete="stream" takes mode and temperature from the stream (top_k, top_p do not apply).
   """
-  if complete not in COMPLETIONS:
-    raise ValueError(f"complete must be one of {COMPLETIONS}, got {complete!r}")
+  if complete not in DECODER_COMPLETIONS:
+    raise ValueError(f"complete must be one of {DECODER_COMPLETIONS}, got {complete!r}")
   reader = f if isinstance(f, bitstream.Reader) else open_stream(f, partial)
   header = reader.header
   check_model(header, model)
@@ -76,11 +81,15 @@ def decode_tokens(model: CodecModel, f, *, complete: str = DEFAULT_COMPLETION["c
                           "(corrupt stream, or decoded with another model)")
       return tokens.reshape(n, -1)
 
-    if complete == "none" or sent == model.num_scales:
+    mode, t = complete, temperature
+    if complete == "stream":
+      mode, _, rest = header.completion_of(sent).partition(":")
+      t = float(rest.partition("=")[2]) if rest else 1.0
+    if mode == "none" or sent == model.num_scales:
       fhat, prev, tokens = model.steps.run(n, frame.kind, prev, receive, scales=sent, tile_batch=tile_batch,
                                            grid=(rows, cols))
     else:
-      fill = model.steps.completer([], complete, jax.random.fold_in(key, i), temperature, top_k, top_p)
+      fill = model.steps.completer([], mode, jax.random.fold_in(key, i), t, top_k, top_p)
       fhat, prev, tokens = model.steps.run(
           n, frame.kind, prev, lambda k, p, receive=receive, fill=fill: receive(k, p) if k < sent else fill(k, p),
           tile_batch=tile_batch, grid=(rows, cols))

@@ -15,11 +15,21 @@ scale-major, whose exact byte count fits the GOP's budget
 dropping chunks is all truncation does, so these sizes are exact); a GOP
 that does not fit even at one scale is sent at one scale.
 
+Completion: the stream names how a decoder should fill the scales a cut
+frame lacks (bitstream.Header.completion). By default ("choose") the encoder
+decides for each scale count k: it decodes its first frames cut to k scales
+with each candidate (`none`, `mean:t=3`) and keeps the one with the higher
+SSIMULACRA 2 against the source, `none` unless the other is ahead by more
+than CHOICE_MARGIN (choose_completion); the header is written
+once that is known, after the first CHOICE_FRAMES frames (or the first GOP,
+if shorter).
+
 Layout (bitstream): LAYERED by default, so that any prefix of the file
 decodes (the GOPs it reaches, the last one at the scales that arrived);
 FRAMES for low latency.
 """
 
+import dataclasses
 import fractions
 import io
 import os
@@ -41,6 +51,17 @@ DEFAULT_LAYOUT = "layered"
 # quality is inherited by the P-frames that follow it.
 DEFAULT_RD_LAMBDA = 0.05
 DEFAULT_P_LAMBDA_SCALE = 2.0  # `progvc encode --help` says "twice" (cli.py does not import this module to parse)
+# The completion the encoder names in the stream: "choose", or one setting for every scale count.
+DEFAULT_COMPLETE = "choose"
+# What "choose" compares, on the first CHOICE_FRAMES frames. mean:t=3 is ahead of none on ColorVideoVDP at
+# every K of carphone and bikes but behind on SSIMULACRA 2 where the prefix is very coarse, and behind on
+# both on bigbuckbunny at K = 1 to 3 (README, "Completing the scales that were not sent").
+# A completion's gain over a GOP's first frames shrinks along the GOP's P-frames (carphone at K = 3: +0.03
+# SSIMULACRA 2 over 4 frames, -0.39 over 8, -1.0 over 12), so the choice looks at 8; and the first candidate
+# (`none`, which decodes fastest) is kept unless another beats it by more than CHOICE_MARGIN.
+CHOICE_CANDIDATES = ("none", "mean:t=3")
+CHOICE_FRAMES = 8
+CHOICE_MARGIN = 0.05  # SSIMULACRA 2 points
 
 
 def _frames_checked(frames: Iterable[np.ndarray]) -> Iterator[np.ndarray]:
@@ -89,6 +110,38 @@ def code_frame(model: CodecModel, frame: np.ndarray, kind: int, prev, scales: in
   return bitstream.Frame(kind, chunks), ctx, bits
 
 
+def choose_completion(model: CodecModel, header: bitstream.Header, coded: list[bitstream.Frame],
+                      sources: list[np.ndarray], candidates: tuple[str, ...] = CHOICE_CANDIDATES,
+                      margin: float = CHOICE_MARGIN) -> tuple[tuple[str, ...], dict]:
+  """For each scale count k below the model's maximum (and at most the scales coded), the candidate whose
+  decode of `coded` cut to k scales scores the highest mean SSIMULACRA 2 against `sources` (the frames
+  coded, from an I-frame), unless it beats the first candidate by `margin` or less: then the first. The
+  decode is the decoder's own.
+
+  Returns (completion per k = 1..K-1, "none" where no frame can have k scales; {"K=k": {candidate: score}}).
+  """
+  from progvc_jax.codec import decoder
+  from progvc_jax.eval import metrics
+  settings = [bitstream.canonical_completion(c) for c in candidates]
+  source = np.stack(sources)
+  most = min(f.scales for f in coded)
+  chosen, scores = [], {}
+  for k in range(1, model.num_scales):
+    if k > most:
+      chosen.append("none")
+      continue
+    cut = [bitstream.Frame(f.kind, f.chunks[:k]) for f in coded]
+    scores[f"K={k}"] = {}
+    for setting in settings:
+      trial = dataclasses.replace(header, completion=(setting,) * (model.num_scales - 1))
+      frames = decoder.decode(bitstream.write_stream(trial, cut), model, complete="stream", partial=False)
+      scores[f"K={k}"][setting] = metrics.ssimulacra2(source, frames)
+    score = scores[f"K={k}"]
+    best = max(settings, key=score.get)
+    chosen.append(best if score[best] > score[settings[0]] + margin else settings[0])
+  return tuple(chosen), scores
+
+
 class Encoder:
   """Streams frames into a container file object.
 
@@ -99,9 +152,12 @@ class Encoder:
   def __init__(self, model: CodecModel, f, height: int, width: int, fps: float | fractions.Fraction, *,
                scales: int | None = None, target_kbps: float | None = None, gop: int = DEFAULT_GOP,
                frame_count: int = 0, rd_lambda: float = DEFAULT_RD_LAMBDA,
-               p_lambda_scale: float = DEFAULT_P_LAMBDA_SCALE, layout: str = DEFAULT_LAYOUT):
+               p_lambda_scale: float = DEFAULT_P_LAMBDA_SCALE, layout: str = DEFAULT_LAYOUT,
+               complete: str = DEFAULT_COMPLETE, choice_frames: int = CHOICE_FRAMES):
     """rd_lambda: the token choice's weight of bits on I-frames (0: the nearest codes); P-frames use
-    rd_lambda * p_lambda_scale. layout: "layered" (a layered GOP is written when it ends) or "frames"."""
+    rd_lambda * p_lambda_scale. layout: "layered" (a layered GOP is written when it ends) or "frames".
+    complete: "choose" (choose_completion on the first choice_frames frames, at most a GOP), or the
+    completion the stream names for every scale count ("none", "argmax", "mean:t=T")."""
     if scales is not None and target_kbps is not None:
       raise ValueError("give either scales or target_kbps, not both")
     k = model.num_scales
@@ -117,6 +173,13 @@ class Encoder:
       raise ValueError(f"gop must be at least 1, got {gop}")
     if layout not in bitstream.LAYOUTS:
       raise ValueError(f"layout must be one of {', '.join(bitstream.LAYOUTS)}, got {layout!r}")
+    if complete != "choose":
+      try:
+        complete = bitstream.canonical_completion(complete)
+      except bitstream.StreamError:
+        raise ValueError(f"complete must be choose, none, argmax or mean:t=T, got {complete!r}") from None
+    if choice_frames < 1:
+      raise ValueError(f"choice_frames must be at least 1, got {choice_frames}")
     rate = fractions.Fraction(fps).limit_denominator(1001)
     if rate <= 0:
       raise ValueError(f"fps must be positive, got {fps}")
@@ -124,16 +187,34 @@ class Encoder:
     self.rd_lambda = {I_FRAME: float(rd_lambda), P_FRAME: float(rd_lambda) * float(p_lambda_scale)}
     self.scales = k if scales is None else scales
     self.budget = None if target_kbps is None else target_kbps * 1000 / 8 / float(rate)  # bytes a frame
-    header = bitstream.Header(width=width, height=height, fps_num=rate.numerator, fps_den=rate.denominator,
-                              frame_count=frame_count, gop=gop, tile=model.tile, downsample=model.downsample,
-                              schedule=model.schedule, vocab_size=model.vocab_size, colour=0,
-                              fingerprint=model.fingerprint, layout=bitstream.LAYOUTS[layout])
-    self.writer = bitstream.Writer(f, header)
+    self.header = bitstream.Header(width=width, height=height, fps_num=rate.numerator, fps_den=rate.denominator,
+                                   frame_count=frame_count, gop=gop, tile=model.tile, downsample=model.downsample,
+                                   schedule=model.schedule, vocab_size=model.vocab_size, colour=0,
+                                   fingerprint=model.fingerprint, layout=bitstream.LAYOUTS[layout])
+    self.f, self.writer = f, None
     self.height, self.width = height, width
     rows, cols = model.tile_grid(height, width)
     self.tiles = rows * cols
     self.count, self.prev, self.pending = 0, None, []
     self.stats = {"bits_cross_entropy": 0.0, "tokens": 0}
+    self.probe: list[np.ndarray] | None = None  # the source frames choose_completion will score
+    if complete == "choose":
+      self.probe, self.choice_frames = [], min(choice_frames, gop)
+    else:
+      self._start((complete,) * (k - 1))
+
+  def _start(self, completion: tuple[str, ...]) -> None:
+    """Writes the header, naming `completion`."""
+    self.header = dataclasses.replace(self.header, completion=completion)
+    self.writer = bitstream.Writer(self.f, self.header)
+    self.stats["completion"] = list(completion)
+
+  def _choose(self) -> None:
+    coded = [c for c, _ in self.pending[:len(self.probe)]]
+    completion, scores = choose_completion(self.model, self.header, coded, self.probe)
+    self.stats["completion_scores"] = scores
+    self.probe = None
+    self._start(completion)
 
   def add(self, frame: np.ndarray) -> None:
     if frame.shape[:2] != (self.height, self.width):
@@ -145,11 +226,15 @@ class Encoder:
     coded, self.prev, bits = code_frame(self.model, frame, kind, self.prev, full, self.rd_lambda[kind])
     self.pending.append((coded, bits))
     self.count += 1
+    if self.probe is not None:
+      self.probe.append(frame)
+      if len(self.probe) == self.choice_frames:
+        self._choose()
     if self.budget is None:
       self._flush_gop()
 
   def _flush_gop(self) -> None:
-    if not self.pending:
+    if not self.pending or self.writer is None:  # the header waits for choose_completion
       return
     frames = [bitstream.Frame(coded.kind, coded.chunks[:self.scales]) for coded, _ in self.pending]
     if self.budget is not None:
@@ -163,9 +248,11 @@ class Encoder:
     self.pending = []
 
   def finish(self) -> None:
-    self._flush_gop()
     if self.count == 0:
       raise ValueError("no frames to encode")
+    if self.writer is None:
+      self._choose()  # fewer frames than choice_frames
+    self._flush_gop()
     self.writer.finish()
 
 

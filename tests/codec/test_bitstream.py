@@ -191,8 +191,8 @@ def test_wrong_magic_and_version():
   assert "not a progvc stream" in _error(b"RIFF" + data[4:])
   assert "not a progvc stream" in _error(b"")
   assert "not a progvc stream" in _error(b"\x1a\x45\xdf\xa3 a matroska file")
-  msg = _error(data[:4] + b"\x04" + data[5:])
-  assert "version 4" in msg and "versions 2 to 3" in msg
+  msg = _error(data[:4] + b"\x05" + data[5:])
+  assert "version 5" in msg and "versions 2 to 4" in msg
   # Version 1 (float probabilities) is refused with the reason, in one line.
   msg = _error(data[:4] + b"\x01" + data[5:])
   assert "version 1 is no longer decoded" in msg and "re-encode" in msg and "\n" not in msg
@@ -698,3 +698,55 @@ def test_layered_container_costs_no_more_than_frame_major_at_0p02_bpp():
   assert layered["payload_bytes"] == major["payload_bytes"]
   assert layered["total_bytes"] <= major["total_bytes"] * 1.005
   assert layered["container_share"] < 0.01
+
+
+# The completion a stream names (version 4).
+
+@pytest.mark.parametrize("layout", [FRAMES, LAYERED])
+def test_a_named_completion_round_trips_in_either_layout(layout):
+  header, frames = _header((1, 2, 3, 4), layout=layout, frame_count=5), _frames("I4 P4 P2 I3 P1", seed=2)
+  named = dataclasses.replace(header, completion=("none", "mean:t=3", "mean:t=0.5"))
+  data = write_stream(named, frames)
+  assert data[4] == 4
+  got, out = read_stream(data)
+  assert got == named and out == frames
+  assert [got.completion_of(k) for k in (1, 2, 3, 4)] == ["none", "mean:t=3", "mean:t=0.5", "none"]
+  # The chunks are those of the stream that names nothing, which is written as before (version 2 or 3).
+  plain = write_stream(header, frames)
+  assert plain[4] == (2 if layout == FRAMES else 3) and read_stream(plain)[0].completion == ()
+  assert data[len(named.to_bytes()):] == plain[len(header.to_bytes()):]
+  assert write_stream(dataclasses.replace(header, completion=("none",) * 3), frames) == plain
+  # Truncation keeps the header's completion.
+  assert read_stream(_truncated(data, 2))[0].completion == named.completion
+
+
+def test_completion_exact_layout():
+  header = Header(width=640, height=480, fps_num=25, fps_den=1, frame_count=0, gop=1, tile=4, downsample=16,
+                  schedule=(1, 2, 4), vocab_size=4096, colour=0, fingerprint=FINGERPRINT, layout=LAYERED,
+                  completion=("argmax", "mean:t=3"))
+  body = (b"\x04" + b"\x80\x05" + b"\xe0\x03" + b"\x19" + b"\x01" + b"\x00\x00\x00\x00" + b"\x01" + b"\x04"
+          + b"\x10" + b"\x03" + b"\x01\x02\x04" + b"\x80\x20" + b"\x00" + b"\x01"
+          + b"\x02" + b"\x01" + b"\x02\xac\x02" + FINGERPRINT)  # 2 entries: argmax; mean, 300 hundredths
+  assert header.to_bytes() == b"PGVC" + body + (zlib.crc32(body) & 0xFFFF).to_bytes(2, "little")
+
+
+@pytest.mark.parametrize("completion,message", [
+    (("none",), "1 completions for 3 scales"), (("none", "sample"), "none, argmax or mean:t=T"),
+    (("none", "mean:t=0"), "mean:t=T"), (("none", "mean:k=2"), "mean:t=T"), (("none", "mean:t=inf"), "mean:t=T"),
+])
+def test_a_completion_a_stream_cannot_name_is_refused(completion, message):
+  with pytest.raises(StreamError, match=re.escape(message)):
+    _header((1, 2, 4), completion=completion)
+  assert _header((1, 2, 4), completion=("none", "mean:t=2.5")).completion == ("none", "mean:t=2.5")
+  assert _header((1, 2, 4), completion=("mean", "mean:t=0.014")).completion == ("mean:t=1", "mean:t=0.01")
+
+
+def test_a_corrupt_completion_field_is_refused():
+  header = _header((1, 2, 4), layout=LAYERED, completion=("argmax", "none"))
+  good = header.to_bytes()
+  field = good.index(bytes([LAYERED, 2, 1, 0]) + FINGERPRINT)  # layout, 2 entries: argmax, none
+  for bad, message in ((bytes([LAYERED, 1, 1]), "1 completions for 3 scales"),
+                       (bytes([LAYERED, 2, 1, 7]), "completion code 7")):
+    body = good[4:field] + bad + good[field + 4:-2]
+    data = b"PGVC" + body + (zlib.crc32(body) & 0xFFFF).to_bytes(2, "little")
+    assert message in _error(data)

@@ -202,10 +202,64 @@ def test_truncation_equals_encoding_fewer_scales(model, clip, full_stream):
   for k in (1, 2, 3):
     out = io.BytesIO()
     bitstream.truncate(io.BytesIO(full_stream), out, k)
-    assert out.getvalue() == encoder.encode(clip, model, fps=30, scales=k, gop=2)
+    fewer = encoder.encode(clip, model, fps=30, scales=k, gop=2)
+    (cut_header, cut), (few_header, few) = bitstream.read_stream(out.getvalue()), bitstream.read_stream(fewer)
+    assert cut == few
+    # The encoder of fewer scales names the same completion for the scale counts its stream can have.
+    assert [cut_header.completion_of(j) for j in range(1, k + 1)] == [few_header.completion_of(j)
+                                                                     for j in range(1, k + 1)]
     a = decoder.decode(out.getvalue(), model, complete="none")
-    b = decoder.decode(encoder.encode(clip, model, fps=30, scales=k, gop=2), model, complete="none")
+    b = decoder.decode(fewer, model, complete="none")
     np.testing.assert_array_equal(a, b)
+    out = io.BytesIO()
+    bitstream.truncate(io.BytesIO(encoder.encode(clip, model, fps=30, gop=2, complete="none")), out, k)
+    assert out.getvalue() == encoder.encode(clip, model, fps=30, scales=k, gop=2, complete="none")
+
+
+def test_the_encoder_names_the_completion_that_decodes_best_and_the_decoder_follows_it(model, clip, full_stream):
+  from progvc_jax.eval import metrics
+  buf = io.BytesIO()
+  enc = encoder.Encoder(model, buf, 139, 170, 30, gop=2)
+  for frame in clip:
+    enc.add(frame)
+  enc.finish()
+  assert buf.getvalue() == full_stream
+  header, _ = bitstream.read_stream(full_stream)
+  named, scores = enc.stats["completion"], enc.stats["completion_scores"]
+  assert len(named) == model.num_scales - 1 and set(scores) == {"K=1", "K=2", "K=3"}
+  probe = min(encoder.CHOICE_FRAMES, 2)  # the first GOP, if shorter
+  for k in (1, 2, 3):
+    cut = io.BytesIO()
+    bitstream.truncate(io.BytesIO(full_stream), cut, k)
+    decoded = {}
+    for setting in ("none", "mean:t=3"):
+      mode, _, t = setting.partition(":t=")
+      decoded[setting] = decoder.decode(cut.getvalue(), model, complete=mode, temperature=float(t or 1))
+      # The scores are the decoder's frames against the source, over the first frames.
+      assert scores[f"K={k}"][setting] == pytest.approx(metrics.ssimulacra2(clip[:probe], decoded[setting][:probe]))
+    assert scores[f"K={k}"]["none"] != scores[f"K={k}"]["mean:t=3"]
+    ahead = scores[f"K={k}"]["mean:t=3"] - scores[f"K={k}"]["none"]
+    assert named[k - 1] == ("mean:t=3" if ahead > encoder.CHOICE_MARGIN else "none")
+    assert header.completion_of(k) == named[k - 1]
+    # The default decode follows the stream.
+    np.testing.assert_array_equal(decoder.decode(cut.getvalue(), model), decoded[named[k - 1]])
+
+
+def test_the_encoder_names_a_completion_it_is_given(model, clip):
+  data = encoder.encode(clip, model, fps=30, gop=2, complete="mean:t=2")
+  header, _ = bitstream.read_stream(data)
+  assert header.completion == ("mean:t=2",) * 3 and data[4] == 4
+  cut = io.BytesIO()
+  bitstream.truncate(io.BytesIO(data), cut, 2)
+  np.testing.assert_array_equal(decoder.decode(cut.getvalue(), model),
+                                decoder.decode(cut.getvalue(), model, complete="mean", temperature=2.0))
+  plain = encoder.encode(clip, model, fps=30, gop=2, complete="none")
+  assert bitstream.read_stream(plain)[0].completion == () and plain[4] == 3
+  assert data[len(header.to_bytes()):] == plain[len(bitstream.read_stream(plain)[0].to_bytes()):]
+  for bad, message in (({"complete": "sample"}, "complete must be choose, none, argmax or mean:t=T"),
+                       ({"choice_frames": 0}, "choice_frames must be at least 1")):
+    with pytest.raises(ValueError, match=message):
+      encoder.encode(clip, model, **bad)
 
 
 def test_completion_fills_missing_scales_repeatably(model, full_stream):
@@ -313,6 +367,10 @@ def test_command_line_encode_truncate_decode_info(cli_runs):
   for name, run in runs.items():
     assert run.returncode == 0, (name, run.stderr[-2000:])
   assert "bpp" in runs["encode"].stdout
+  header, _ = bitstream.read_stream((d / "a.pgvc").read_bytes())
+  named = ", ".join(f"K={k} {header.completion_of(k)}" for k in (1, 2, 3)) if header.completion else "none"
+  assert f"completion it names: {named}" in runs["encode"].stdout
+  assert f"completion it names: {named}" in runs["info"].stdout
   for out in ("a.y4m", "b.mp4"):
     info = video.probe(str(d / out))
     assert (info.width, info.height, info.num_frames) == (176, 144, FRAMES)
@@ -326,7 +384,7 @@ def test_command_line_encode_truncate_decode_info(cli_runs):
 
 
 @pytest.mark.parametrize("case", ["flipped", "magic", "version", "no_bundle", "corrupt_bundle",
-                                  "bad_video", "empty_video", "other_model", "bad_rd_lambda"])
+                                  "bad_video", "empty_video", "other_model", "bad_rd_lambda", "bad_complete"])
 @pytest.mark.slow
 def test_bad_input_gives_one_line_error_and_no_output(case, cli_runs, model_path, tmp_path):
   d, _ = cli_runs
@@ -370,6 +428,9 @@ def test_bad_input_gives_one_line_error_and_no_output(case, cli_runs, model_path
   elif case == "bad_rd_lambda":
     out = tmp_path / "out.pgvc"
     args = ("encode", d / "clip.y4m", out, "--model", model, "--rd-lambda", "-1")
+  elif case == "bad_complete":
+    out = tmp_path / "out.pgvc"
+    args = ("encode", d / "clip.y4m", out, "--model", model, "--complete", "sample")
   run = progvc(*(args or ("decode", stream, out, "--model", model, "--complete", "none")))
   assert run.returncode != 0
   lines = run.stderr.strip().splitlines()
@@ -461,14 +522,15 @@ def test_rate_control_keeps_the_most_chunks_that_fit(model, clip, full_stream):
 def test_encoding_streams_frame_by_frame(model, clip):
   """Frames leave the encoder as they come in the frame-major layout; the layered layout and rate
   control hold one GOP at most, so memory does not grow with the length of the video."""
-  for kwargs, held in (({"scales": 2, "layout": "frames"}, 0), ({"target_kbps": 50.0, "layout": "frames"}, 3),
-                       ({"scales": 2}, 3), ({"target_kbps": 50.0}, 3)):
+  for kwargs, held in (({"scales": 2, "layout": "frames", "complete": "none"}, 0),
+                       ({"target_kbps": 50.0, "layout": "frames"}, 3), ({"scales": 2}, 3), ({"target_kbps": 50.0}, 3),
+                       ({"scales": 2, "layout": "frames", "choice_frames": 2}, 1)):  # the header waits for 2
     buf = io.BytesIO()
     enc = encoder.Encoder(model, buf, 139, 170, 30, gop=3, **kwargs)
     written = []
     for i in range(7):
       enc.add(clip[i % FRAMES])
-      written.append(enc.writer.frames - len(enc.writer.held))
+      written.append(0 if enc.writer is None else enc.writer.frames - len(enc.writer.held))
     enc.finish()
     assert all(i + 1 - w <= held for i, w in enumerate(written)), written
     assert max(i + 1 - w for i, w in enumerate(written)) == held, written
