@@ -128,7 +128,7 @@ def test_export_refuses_what_the_integer_path_lacks(tmp_path):
 @pytest.mark.slow
 def test_round_trip_at_every_scale_count(model, clip):
   for k in range(1, model.num_scales + 1):
-    data = encoder.encode(clip, model, fps=30, scales=k, gop=2, rd_lambda=0.0)  # the nearest codes
+    data = encoder.encode(clip, model, fps=30, scales=k, gop=2, rd_lambda=0.0, complete="none")  # nearest codes
     decoded = list(decoder.decode_tokens(model, io.BytesIO(data), complete="none"))
     assert len(decoded) == FRAMES
     for frame, (_, tokens, fhat) in zip(clip, decoded):
@@ -160,7 +160,7 @@ def test_rate_distortion_choice_spends_fewer_bits_and_decodes_to_the_chosen_toke
       coded, prev, _ = encoder.code_frame(model, frame, kind, None if kind == I_FRAME else prev,
                                           model.num_scales, lam if kind == I_FRAME else lam * scale)
       chosen.append([np.asarray(c["tokens"]) for c in prev])
-    data = encoder.encode(clip, model, fps=30, gop=2, rd_lambda=lam)
+    data = encoder.encode(clip, model, fps=30, gop=2, rd_lambda=lam, complete="none")
     sizes.append(len(data))
     decoded = list(decoder.decode_tokens(model, io.BytesIO(data), complete="none"))
     for (_, tokens, _), sent in zip(decoded, chosen):
@@ -185,8 +185,8 @@ def test_p_frames_take_their_own_rate_distortion_weight(model, clip):
   def tokens(data):
     return [[np.asarray(t) for t in tok] for _, tok, _ in decoder.decode_tokens(model, io.BytesIO(data),
                                                                                  complete="none")]
-  mixed = tokens(encoder.encode(clip, model, fps=30, gop=2, rd_lambda=2.0, p_lambda_scale=0.0))
-  chosen = tokens(encoder.encode(clip, model, fps=30, gop=2, rd_lambda=2.0))
+  mixed = tokens(encoder.encode(clip, model, fps=30, gop=2, rd_lambda=2.0, p_lambda_scale=0.0, complete="none"))
+  chosen = tokens(encoder.encode(clip, model, fps=30, gop=2, rd_lambda=2.0, complete="none"))
   nearest = [model.tokens(frame) for frame in clip]
   for i, (m, c, n) in enumerate(zip(mixed, chosen, nearest)):
     if i % 2 == 0:  # I-frames: the same choice either way
@@ -509,7 +509,8 @@ def test_rate_control_keeps_the_most_chunks_that_fit(model, clip, full_stream):
     for kept in ((1, 1), (2, 1), (2, 2), (3, 2)):  # scale-major: frame 0 gains scale k before frame 1 does
       size = bitstream.gop_bytes(first_gop(kept), bitstream.LAYOUTS[layout])
       kbps = (size + 0.5) * 8 / gop_seconds / 1000  # just enough for these chunks, not for one more
-      _, got = bitstream.read_stream(encoder.encode(clip, model, fps=30, gop=2, target_kbps=kbps, layout=layout))
+      _, got = bitstream.read_stream(encoder.encode(clip, model, fps=30, gop=2, target_kbps=kbps, layout=layout,
+                                                    complete="none"))
       assert tuple(f.scales for f in got[:2]) == kept, (layout, kept)
       for a, b in zip(got[:2], frames[:2]):
         assert [c.payload for c in a.chunks] == [c.payload for c in b.chunks[:a.scales]]
@@ -523,7 +524,8 @@ def test_encoding_streams_frame_by_frame(model, clip):
   """Frames leave the encoder as they come in the frame-major layout; the layered layout and rate
   control hold one GOP at most, so memory does not grow with the length of the video."""
   for kwargs, held in (({"scales": 2, "layout": "frames", "complete": "none"}, 0),
-                       ({"target_kbps": 50.0, "layout": "frames"}, 3), ({"scales": 2}, 3), ({"target_kbps": 50.0}, 3),
+                       ({"target_kbps": 50.0, "layout": "frames", "complete": "none"}, 3),
+                       ({"scales": 2, "complete": "none"}, 3), ({"target_kbps": 50.0}, 3),
                        ({"scales": 2, "layout": "frames", "choice_frames": 2}, 1)):  # the header waits for 2
     buf = io.BytesIO()
     enc = encoder.Encoder(model, buf, 139, 170, 30, gop=3, **kwargs)
