@@ -58,12 +58,21 @@ def cmd_encode(args) -> None:
   info = video.probe(args.input)
   model = _model(args.model)
   fps = info.fps if info.fps > 0 else 25.0
+  # The completion choice runs while the frame after this count is added: the bar says so meanwhile.
+  choosing = min(encoder.CHOICE_FRAMES, args.gop) - 1 if args.complete == "choose" else None
+
+  def progress(n: int) -> None:
+    bar.set_postfix_str("", refresh=False)
+    bar.update(n - bar.n)
+    if n == choosing:
+      bar.set_postfix_str("choosing the completion (decoding and scoring the first frames)")  # shown at once
+
   with _progress(info.num_frames, "frame", "encode") as bar:
     stats = encoder.encode_file(model, video.iter_frames(args.input), args.output, fps, scales=args.scales,
                                 target_kbps=args.target_kbps, gop=args.gop, layout=args.layout,
                                 complete=args.complete,
                                 **({} if args.rd_lambda is None else {"rd_lambda": args.rd_lambda}),
-                                progress=lambda n: bar.update(n - bar.n))
+                                progress=progress)
   pixels = info.width * info.height * stats["frames"]
   seconds = stats["frames"] / fps
   print(f"{args.output}: {stats['frames']} frames {info.width}x{info.height}, {stats['bytes']} bytes, "

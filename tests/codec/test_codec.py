@@ -370,6 +370,7 @@ def test_command_line_encode_truncate_decode_info(cli_runs):
   header, _ = bitstream.read_stream((d / "a.pgvc").read_bytes())
   named = ", ".join(f"K={k} {header.completion_of(k)}" for k in (1, 2, 3)) if header.completion else "none"
   assert f"completion it names: {named}" in runs["encode"].stdout
+  assert "choosing the completion" in runs["encode"].stderr  # the progress bar says why it waits
   assert f"completion it names: {named}" in runs["info"].stdout
   for out in ("a.y4m", "b.mp4"):
     info = video.probe(str(d / out))
