@@ -216,12 +216,16 @@ def canonical_completion(setting: str) -> str:
                     f"{_MAX_TEMPERATURE_HUNDREDTHS // 100}, got {setting!r}")
 
 
+def completion_parts(setting: str) -> tuple[str, float]:
+  """A completion a stream can name -> (mode, temperature): "mean:t=3" -> ("mean", 3.0), "none" -> ("none", 1.0)."""
+  mode, _, rest = canonical_completion(setting).partition(":")
+  return mode, float(rest.partition("=")[2]) if rest else 1.0
+
+
 def _completion_bytes(setting: str) -> bytes:
-  mode, _, rest = setting.partition(":")
-  code = STREAM_COMPLETIONS.index(mode)
-  if mode != "mean":
-    return encode_varint(code)
-  return encode_varint(code) + encode_varint(round(float(rest.partition("=")[2]) * 100))
+  mode, temperature = completion_parts(setting)
+  code = encode_varint(STREAM_COMPLETIONS.index(mode))
+  return code + encode_varint(round(temperature * 100)) if mode == "mean" else code
 
 
 @dataclass

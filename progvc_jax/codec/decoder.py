@@ -83,8 +83,7 @@ def decode_tokens(model: CodecModel, f, *, complete: str = DEFAULT_COMPLETION["c
 
     mode, t = complete, temperature
     if complete == "stream":
-      mode, _, rest = header.completion_of(sent).partition(":")
-      t = float(rest.partition("=")[2]) if rest else 1.0
+      mode, t = bitstream.completion_parts(header.completion_of(sent))
     if mode == "none" or sent == model.num_scales:
       fhat, prev, tokens = model.steps.run(n, frame.kind, prev, receive, scales=sent, tile_batch=tile_batch,
                                            grid=(rows, cols))
