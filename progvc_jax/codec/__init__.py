@@ -14,11 +14,11 @@ import numpy as np
 
 # How the scales that were not sent are filled unless the caller says otherwise, in the Python API and in
 # `progvc decode`: as the stream says. The encoder names a completion for each scale count
-# (encoder.choose_completion: `none` or `mean:t=3`, whichever scores higher on SSIMULACRA 2 on the first
-# frames), because no single setting beats `none` on every clip (README, "Completing the scales that were
-# not sent"); a stream that names none is decoded with `none`. temperature, top_k and top_p apply to an
-# explicit `complete`.
-DEFAULT_COMPLETION = {"complete": "stream", "temperature": 1.0, "top_k": 0, "top_p": 1.0}
+# (encoder.choose_completion: `none` or `mean:t=3` at one of four weights, whichever scores highest on
+# SSIMULACRA 2 on the first frames), because no single setting beats `none` on every clip (README,
+# "Completing the scales that were not sent"); a stream that names none is decoded with `none`.
+# temperature, top_k, top_p and weight apply to an explicit `complete`.
+DEFAULT_COMPLETION = {"complete": "stream", "temperature": 1.0, "top_k": 0, "top_p": 1.0, "weight": 1.0}
 
 
 def load_model(model=None):
@@ -50,13 +50,13 @@ def _loaded(path: str, mtime_ns: int, size: int):
 
 def encode(frames: np.ndarray, model=None, *, fps: float = 25.0, **kwargs) -> bytes:
   """uint8 frames (T, H, W, 3) -> a progvc stream; kwargs: scales, target_kbps, gop, layout, rd_lambda, complete
-  (the completion the stream names: "choose", the default, or "none", "argmax", "mean:t=T")."""
+  (the completion the stream names: "choose", the default, or "none", "argmax", "mean:t=T", "mean:t=T/w=W")."""
   from progvc_jax.codec import encoder
   return encoder.encode(frames, load_model(model), fps=fps, **kwargs)
 
 
 def decode(data: bytes, model=None, **kwargs) -> np.ndarray:
   """A progvc stream (or a prefix of one: see decoder.decode) -> uint8 frames (T, H, W, 3); kwargs: complete,
-  seed, temperature, top_k, top_p, tile_batch, partial."""
+  seed, temperature, top_k, top_p, weight, tile_batch, partial."""
   from progvc_jax.codec import decoder
   return decoder.decode(data, load_model(model), **kwargs)

@@ -3,7 +3,7 @@
 Header (varint = unsigned LEB128, u32 = 4 bytes little-endian):
   b"PGVC" | version u8 | width, height, fps_num, fps_den varints | frame_count u32 |
   gop, tile, downsample, K, schedule p_1..p_K, vocab_size, colour varints | [layout varint, version >= 3] |
-  [completion: C varint (0 or K - 1), then C entries, version 4] | fingerprint 8 bytes |
+  [completion: C varint (0 or K - 1), then C entries, version >= 4] | fingerprint 8 bytes |
   header checksum 2 bytes LE (low 16 bits of crc32 of everything after the magic)
 A chunk is one scale of one frame: payload length varint | token checksum u8 | payload.
 
@@ -25,6 +25,9 @@ that follows the stream fills the scales of a frame that arrived with k of
 its K scales: 0 = none, 1 = argmax, 2 = mean followed by its temperature in
 hundredths (varint). A stream whose completion is `none` at every k is
 written as version 2 or 3, byte for byte what progvc wrote before.
+Version 5 adds entry code 3 = mean with a weight below 1 (the share of the
+expected residual the pixels get): its temperature, then the weight, both in
+hundredths (varints). A stream that names no such entry is written as version 4.
 
 frame_count is fixed-width so that a writer can patch it once the frames are known.
 There is nothing else: at 0.02 bpp a 640x480 frame is ~770 bytes, and every
@@ -44,14 +47,16 @@ from typing import BinaryIO, Callable, Iterator
 import numpy as np
 
 MAGIC = b"PGVC"
-VERSION = 4  # the newest this progvc writes: with a completion (else 3, or 2 for the frame-major layout)
+VERSION = 5  # the newest this progvc writes: with a weighted mean completion (else 4, 3, or 2: Header.version)
 FRAMES, LAYERED = 0, 1
 LAYOUTS = {"frames": FRAMES, "layered": LAYERED}
 LAYOUT_NAMES = {v: k for k, v in LAYOUTS.items()}
-_READ_VERSIONS = (2, 3, 4)
+_READ_VERSIONS = (2, 3, 4, 5)
 # The completions a stream can name (a decoder's `complete="stream"` follows them): `sample` is not among
-# them, since its frames depend on the decoder's seed.
+# them, since its frames depend on the decoder's seed. Their codes in the header: the index here, and 3 for
+# `mean` with a weight below 1 (version 5).
 STREAM_COMPLETIONS = ("none", "argmax", "mean")
+_WEIGHTED_MEAN = 3
 _MAX_TEMPERATURE_HUNDREDTHS = 10_000
 # Version 1 streams were coded with float32 probabilities, which decode only
 # where floats round alike; version 2 codes with the integer path's frequencies.
@@ -133,7 +138,7 @@ class Header:
   fingerprint: bytes
   layout: int = FRAMES
   # completion[k - 1]: how a frame that arrived with k scales is completed (`canonical_completion` strings:
-  # "none", "argmax", "mean:t=T"); () for none at every k.
+  # "none", "argmax", "mean:t=T", "mean:t=T/w=W"); () for none at every k.
   completion: tuple[str, ...] = ()
 
   def __post_init__(self):
@@ -176,7 +181,10 @@ class Header:
 
   @property
   def version(self) -> int:
-    """4 with a completion; else 2 for the frame-major layout (what progvc wrote before layouts), 3 otherwise."""
+    """5 with a weighted mean completion, 4 with another; else 2 for the frame-major layout (what progvc wrote
+    before layouts), 3 otherwise."""
+    if any(completion_parts(c)[2] != 1.0 for c in self.completion):
+      return 5
     return 4 if self.completion else 2 if self.layout == FRAMES else 3
 
   def to_bytes(self) -> bytes:
@@ -197,35 +205,47 @@ class Header:
 
 
 def canonical_completion(setting: str) -> str:
-  """"none", "argmax" or "mean:t=T" (T > 0, kept to hundredths) in one spelling; a StreamError otherwise."""
+  """"none", "argmax", "mean:t=T" or "mean:t=T/w=W" (0.01 <= T <= 100, 0.01 <= W < 1, both kept to hundredths;
+  T defaults to 1, W to 1, which is left out) in one spelling; a StreamError otherwise."""
   mode, _, rest = str(setting).partition(":")
   if mode in ("none", "argmax") and not rest:
     return mode
   if mode == "mean":
-    t = 1.0
-    if rest:
-      key, _, value = rest.partition("=")
+    items = [item.partition("=") for item in rest.split("/")] if rest else []
+    values = {"t": 100, "w": 100}
+    for key, _, value in items:
       try:
-        t = float(value) if key == "t" else float("nan")
+        number = float(value)
       except ValueError:
-        t = float("nan")
-    hundredths = round(t * 100) if t == t and t < float("inf") else -1
-    if 1 <= hundredths <= _MAX_TEMPERATURE_HUNDREDTHS:
-      return f"mean:t={hundredths / 100:g}"
-  raise StreamError(f"a stream's completion must be none, argmax or mean:t=T with 0.01 <= T <= "
-                    f"{_MAX_TEMPERATURE_HUNDREDTHS // 100}, got {setting!r}")
+        number = float("nan")
+      values[key] = round(number * 100) if number == number and abs(number) < float("inf") else -1
+    t, w = values["t"], values["w"]
+    keys = [key for key, _, _ in items]
+    if (set(keys) <= {"t", "w"} and len(set(keys)) == len(keys) and 1 <= t <= _MAX_TEMPERATURE_HUNDREDTHS
+        and 1 <= w <= 100):
+      return f"mean:t={t / 100:g}" + (f"/w={w / 100:g}" if w < 100 else "")
+  raise StreamError(f"a stream's completion must be none, argmax, mean:t=T or mean:t=T/w=W with 0.01 <= T <= "
+                    f"{_MAX_TEMPERATURE_HUNDREDTHS // 100} and 0.01 <= W <= 1, got {setting!r}")
 
 
-def completion_parts(setting: str) -> tuple[str, float]:
-  """A completion a stream can name -> (mode, temperature): "mean:t=3" -> ("mean", 3.0), "none" -> ("none", 1.0)."""
+def completion_parts(setting: str) -> tuple[str, float, float]:
+  """A completion a stream can name -> (mode, temperature, weight): "mean:t=3/w=0.5" -> ("mean", 3.0, 0.5),
+  "none" -> ("none", 1.0, 1.0)."""
   mode, _, rest = canonical_completion(setting).partition(":")
-  return mode, float(rest.partition("=")[2]) if rest else 1.0
+  values = {"t": 1.0, "w": 1.0}
+  for item in rest.split("/") if rest else ():
+    key, _, value = item.partition("=")
+    values[key] = float(value)
+  return mode, values["t"], values["w"]
 
 
 def _completion_bytes(setting: str) -> bytes:
-  mode, temperature = completion_parts(setting)
-  code = encode_varint(STREAM_COMPLETIONS.index(mode))
-  return code + encode_varint(round(temperature * 100)) if mode == "mean" else code
+  mode, temperature, weight = completion_parts(setting)
+  if mode != "mean":
+    return encode_varint(STREAM_COMPLETIONS.index(mode))
+  t = encode_varint(round(temperature * 100))
+  return encode_varint(_WEIGHTED_MEAN) + t + encode_varint(round(weight * 100)) if weight < 1 else \
+      encode_varint(STREAM_COMPLETIONS.index("mean")) + t
 
 
 @dataclass
@@ -518,12 +538,20 @@ class Reader:
       count = self._varint()
       if count not in (0, k - 1):
         raise StreamError(f"corrupt header: {count} completions for {k} scales")
+      codes = len(STREAM_COMPLETIONS) + (version >= 5)
       for _ in range(count):
         code = self._varint()
-        if code >= len(STREAM_COMPLETIONS):
+        if code >= codes:
           raise StreamError(f"corrupt header: completion code {code}")
-        mode = STREAM_COMPLETIONS[code]
-        completion.append(f"mean:t={self._varint() / 100:g}" if mode == "mean" else mode)
+        if code == _WEIGHTED_MEAN:
+          entry = f"mean:t={self._varint() / 100:g}/w={self._varint() / 100:g}"
+        else:
+          mode = STREAM_COMPLETIONS[code]
+          entry = f"mean:t={self._varint() / 100:g}" if mode == "mean" else mode
+        try:
+          completion.append(canonical_completion(entry))
+        except StreamError:
+          raise StreamError(f"corrupt header: completion {entry!r}") from None
     fingerprint = self._read(FINGERPRINT_BYTES)
     body = bytes(self._body)
     self._body = None

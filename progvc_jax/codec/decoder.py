@@ -4,7 +4,7 @@ For each frame the context model's incremental step gives the integer
 frequencies of scale k (the same on every machine), the range decoder turns chunk k into scale k's tokens, and the
 tokens' checksum is verified (a mismatch names frame and scale). Scales that
 were not sent are completed by the model (`sample` or `argmax`), rendered as
-its expected code vector (`mean`), or left out
+its expected code vector (`mean`, the residual times a weight), or left out
 (`none`: the frame is the prefix it received); `stream` (the default) does
 what the stream's header names for the number of scales the frame has (the
 encoder's choice; `none` for a stream that names nothing). A stream made with another
@@ -48,7 +48,8 @@ def open_stream(f: BinaryIO, partial: bool = True) -> bitstream.Reader:
 
 def decode_tokens(model: CodecModel, f, *, complete: str = DEFAULT_COMPLETION["complete"], seed: int = 0,
                   temperature: float = DEFAULT_COMPLETION["temperature"], top_k: int = DEFAULT_COMPLETION["top_k"],
-                  top_p: float = DEFAULT_COMPLETION["top_p"], tile_batch: int | None = None,
+                  top_p: float = DEFAULT_COMPLETION["top_p"], weight: float = DEFAULT_COMPLETION["weight"],
+                  tile_batch: int | None = None,
                   partial: bool = True) -> Iterator[tuple[bitstream.Header, list[np.ndarray], object]]:
   """Yields (header, tokens per scale [(tiles, p_k^2)], fhat tiles) for each frame of the container f
   (a file object, or a Reader from `open_stream`).
@@ -57,10 +58,13 @@ def decode_tokens(model: CodecModel, f, *, complete: str = DEFAULT_COMPLETION["c
   memory for large frames; the frequencies, and so the tokens, are identical).
   partial: decode a stream that ends early (see the module docstring); a
   frame that repeats the last one comes with no tokens. False: that is a StreamError.
-  complete="stream" takes mode and temperature from the stream (top_k, top_p do not apply).
+  weight: the share of the expected residual `mean` renders (1: all of it).
+  complete="stream" takes mode, temperature and weight from the stream (top_k, top_p do not apply).
   """
   if complete not in DECODER_COMPLETIONS:
     raise ValueError(f"complete must be one of {DECODER_COMPLETIONS}, got {complete!r}")
+  if not 0.0 < weight <= 1.0:
+    raise ValueError(f"the weight of a mean completion must be in (0, 1], got {weight}")
   reader = f if isinstance(f, bitstream.Reader) else open_stream(f, partial)
   header = reader.header
   check_model(header, model)
@@ -81,14 +85,14 @@ def decode_tokens(model: CodecModel, f, *, complete: str = DEFAULT_COMPLETION["c
                           "(corrupt stream, or decoded with another model)")
       return tokens.reshape(n, -1)
 
-    mode, t = complete, temperature
+    mode, t, w = complete, temperature, weight
     if complete == "stream":
-      mode, t = bitstream.completion_parts(header.completion_of(sent))
+      mode, t, w = bitstream.completion_parts(header.completion_of(sent))
     if mode == "none" or sent == model.num_scales:
       fhat, prev, tokens = model.steps.run(n, frame.kind, prev, receive, scales=sent, tile_batch=tile_batch,
                                            grid=(rows, cols))
     else:
-      fill = model.steps.completer([], mode, jax.random.fold_in(key, i), t, top_k, top_p)
+      fill = model.steps.completer([], mode, jax.random.fold_in(key, i), t, top_k, top_p, w)
       fhat, prev, tokens = model.steps.run(
           n, frame.kind, prev, lambda k, p, receive=receive, fill=fill: receive(k, p) if k < sent else fill(k, p),
           tile_batch=tile_batch, grid=(rows, cols))

@@ -18,11 +18,11 @@ that does not fit even at one scale is sent at one scale.
 Completion: the stream names how a decoder should fill the scales a cut
 frame lacks (bitstream.Header.completion). By default ("choose") the encoder
 decides for each scale count k: it decodes its first frames cut to k scales
-with each candidate (`none`, `mean:t=3`) and keeps the one with the higher
-SSIMULACRA 2 against the source, `none` unless the other is ahead by more
-than CHOICE_MARGIN (choose_completion); the header is written
-once that is known, after the first CHOICE_FRAMES frames (or the first GOP,
-if shorter).
+with each candidate (`none`, and `mean:t=3` at the weights CHOICE_WEIGHTS)
+and keeps the one with the highest SSIMULACRA 2 against the source, `none`
+unless another is ahead by more than CHOICE_MARGIN (choose_completion); the
+header is written once that is known, after the first CHOICE_FRAMES frames
+(or the first GOP, if shorter).
 
 Layout (bitstream): LAYERED by default, so that any prefix of the file
 decodes (the GOPs it reaches, the last one at the scales that arrived);
@@ -53,14 +53,21 @@ DEFAULT_RD_LAMBDA = 0.05
 DEFAULT_P_LAMBDA_SCALE = 2.0  # `progvc encode --help` says "twice" (cli.py does not import this module to parse)
 # The completion the encoder names in the stream: "choose", or one setting for every scale count.
 DEFAULT_COMPLETE = "choose"
-# What "choose" compares, on the first CHOICE_FRAMES frames. mean:t=3 is ahead of none on ColorVideoVDP at
-# every K of carphone and bikes but behind on SSIMULACRA 2 where the prefix is very coarse, and behind on
-# both on bigbuckbunny at K = 1 to 3 (README, "Completing the scales that were not sent").
+# What "choose" compares, on the first CHOICE_FRAMES frames: `none`, and `mean` at CHOICE_TEMPERATURE with
+# each of CHOICE_WEIGHTS (the share of the expected residual the pixels get). Whole (weight 1), mean:t=3 is
+# ahead of none on ColorVideoVDP at every K of carphone and bikes but behind on SSIMULACRA 2 where the prefix
+# is very coarse, and behind on both on bigbuckbunny at K = 1 to 3 (README, "Completing the scales that were
+# not sent"); a smaller weight keeps the frame nearer `none`'s and is ahead at most of those points.
 # A completion's gain over a GOP's first frames shrinks along the GOP's P-frames (carphone at K = 3: +0.03
-# SSIMULACRA 2 over 4 frames, -0.39 over 8, -1.0 over 12), so the choice looks at 8; and the first candidate
-# (`none`, which decodes fastest) is kept unless another beats it by more than CHOICE_MARGIN.
-CHOICE_CANDIDATES = ("none", "mean:t=3")
+# SSIMULACRA 2 over 4 frames, -0.39 over 8, -1.0 over 12), so the choice looks at 8, scoring every
+# CHOICE_STRIDE-th; and `none` (which decodes fastest) is kept unless another beats it by more than
+# CHOICE_MARGIN. A candidate whose luma is further from the source than `none`'s (lower PSNR-Y) is not taken:
+# on a very coarse prefix SSIMULACRA 2 goes far below its scale (-400 on bigbuckbunny at K = 1) and there
+# rewards completions that ColorVideoVDP, like PSNR-Y, scores below `none`.
+CHOICE_TEMPERATURE = 3.0
+CHOICE_WEIGHTS = (0.1, 0.25, 0.5, 1.0)
 CHOICE_FRAMES = 8
+CHOICE_STRIDE = 2
 CHOICE_MARGIN = 0.05  # SSIMULACRA 2 points
 
 
@@ -110,35 +117,56 @@ def code_frame(model: CodecModel, frame: np.ndarray, kind: int, prev, scales: in
   return bitstream.Frame(kind, chunks), ctx, bits
 
 
-def choose_completion(model: CodecModel, header: bitstream.Header, coded: list[bitstream.Frame],
-                      sources: list[np.ndarray], candidates: tuple[str, ...] = CHOICE_CANDIDATES,
-                      margin: float = CHOICE_MARGIN) -> tuple[tuple[str, ...], dict]:
-  """For each scale count k below the model's maximum (and at most the scales coded), the candidate whose
-  decode of `coded` cut to k scales scores the highest mean SSIMULACRA 2 against `sources` (the frames
-  coded, from an I-frame), unless it beats the first candidate by `margin` or less: then the first. The
-  decode is the decoder's own.
+def choice_candidates(temperature: float = CHOICE_TEMPERATURE,
+                      weights: tuple[float, ...] = CHOICE_WEIGHTS) -> tuple[str, ...]:
+  """The completions choose_completion compares: "none", then "mean:t=T/w=W" for each weight (canonical)."""
+  return ("none",) + tuple(bitstream.canonical_completion(f"mean:t={temperature:g}/w={w:g}") for w in weights)
 
-  Returns (completion per k = 1..K-1, "none" where no frame can have k scales; {"K=k": {candidate: score}}).
+
+def choose_completion(model: CodecModel, header: bitstream.Header, coded: list[bitstream.Frame],
+                      sources: list[np.ndarray], temperature: float = CHOICE_TEMPERATURE,
+                      weights: tuple[float, ...] = CHOICE_WEIGHTS, stride: int = CHOICE_STRIDE,
+                      margin: float = CHOICE_MARGIN) -> tuple[tuple[str, ...], dict]:
+  """For each scale count k below the model's maximum (and at most the scales coded), the candidate
+  (choice_candidates) whose decode of `coded` cut to k scales scores the highest mean SSIMULACRA 2 against
+  `sources` (the frames coded, from an I-frame) over every stride-th frame, among those whose PSNR-Y is not
+  below `none`'s; `none` unless that beats it by more than `margin`.
+
+  The decodes are the decoder's own: one with `none` and one with the whole mean (their tokens and contexts
+  are the same, since a mean completion's context follows the argmax, and only the pixels' fhat differs), so
+  the weight w's fhat is none's + w * (whole mean's - none's): the decoder's frames up to float rounding.
+
+  Returns (completion per k = 1..K-1, "none" where no frame can have k scales;
+  {"K=k": {candidate: {"ssimulacra2": score, "psnr_y": score}}}).
   """
   from progvc_jax.codec import decoder
   from progvc_jax.eval import metrics
-  settings = [bitstream.canonical_completion(c) for c in candidates]
-  source = np.stack(sources)
+  names = choice_candidates(temperature, weights)
+  scored = range(0, len(coded), stride)
+  source = np.stack([sources[i] for i in scored])
   most = min(f.scales for f in coded)
   chosen, scores = [], {}
   for k in range(1, model.num_scales):
     if k > most:
       chosen.append("none")
       continue
-    cut = [bitstream.Frame(f.kind, f.chunks[:k]) for f in coded]
+    stream = bitstream.write_stream(header, [bitstream.Frame(f.kind, f.chunks[:k]) for f in coded])
+    fhat = {}
+    for mode in ("none", "mean"):
+      frames = decoder.decode_tokens(model, io.BytesIO(stream), complete=mode, temperature=temperature,
+                                     partial=False)
+      fhat[mode] = [np.asarray(f) for i, (_, _, f) in enumerate(frames) if i % stride == 0]
     scores[f"K={k}"] = {}
-    for setting in settings:
-      trial = dataclasses.replace(header, completion=(setting,) * (model.num_scales - 1))
-      frames = decoder.decode(bitstream.write_stream(trial, cut), model, complete="stream", partial=False)
-      scores[f"K={k}"][setting] = metrics.ssimulacra2(source, frames)
+    for name, w in zip(names, (0.0,) + tuple(weights)):
+      mixed = fhat["mean"] if w == 1 else fhat["none"] if w == 0 else \
+          [a + np.float32(w) * (b - a) for a, b in zip(fhat["none"], fhat["mean"])]
+      decoded = np.stack([model.pixels(f, header.height, header.width) for f in mixed])
+      scores[f"K={k}"][name] = {"ssimulacra2": metrics.ssimulacra2(source, decoded),
+                                "psnr_y": metrics.psnr_y(source, decoded)}
     score = scores[f"K={k}"]
-    best = max(settings, key=score.get)
-    chosen.append(best if score[best] > score[settings[0]] + margin else settings[0])
+    faithful = [n for n in names if score[n]["psnr_y"] >= score["none"]["psnr_y"]]
+    best = max(faithful, key=lambda n: score[n]["ssimulacra2"])
+    chosen.append(best if score[best]["ssimulacra2"] > score["none"]["ssimulacra2"] + margin else "none")
   return tuple(chosen), scores
 
 
@@ -157,7 +185,7 @@ class Encoder:
     """rd_lambda: the token choice's weight of bits on I-frames (0: the nearest codes); P-frames use
     rd_lambda * p_lambda_scale. layout: "layered" (a layered GOP is written when it ends) or "frames".
     complete: "choose" (choose_completion on the first choice_frames frames, at most a GOP), or the
-    completion the stream names for every scale count ("none", "argmax", "mean:t=T")."""
+    completion the stream names for every scale count ("none", "argmax", "mean:t=T", "mean:t=T/w=W")."""
     if scales is not None and target_kbps is not None:
       raise ValueError("give either scales or target_kbps, not both")
     k = model.num_scales
@@ -177,7 +205,8 @@ class Encoder:
       try:
         complete = bitstream.canonical_completion(complete)
       except bitstream.StreamError:
-        raise ValueError(f"complete must be choose, none, argmax or mean:t=T, got {complete!r}") from None
+        raise ValueError(f"complete must be choose, none, argmax, mean:t=T or mean:t=T/w=W (0 < W <= 1), "
+                         f"got {complete!r}") from None
     if choice_frames < 1:
       raise ValueError(f"choice_frames must be at least 1, got {choice_frames}")
     rate = fractions.Fraction(fps).limit_denominator(1001)

@@ -2,15 +2,15 @@
 
 A setting is `none`, `argmax`, `mean` or `sample`: `sample` with optional
 `t=` (temperature), `k=` (top-k) and `p=` (top-p) after a colon, joined by
-`/` (`sample:t=0.7/p=0.9`), `mean` with `t=` only (`mean:t=0.5`). It maps
-onto the decoder's keyword arguments.
+`/` (`sample:t=0.7/p=0.9`), `mean` with `t=` and `w=` (the weight of its
+residual: `mean:t=3/w=0.25`). It maps onto the decoder's keyword arguments.
 """
 
 import os
 
 import numpy as np
 
-_KEYS = {"t": ("temperature", float), "k": ("top_k", int), "p": ("top_p", float)}
+_KEYS = {"t": ("temperature", float), "k": ("top_k", int), "p": ("top_p", float), "w": ("weight", float)}
 
 
 def parse_setting(text: str) -> dict:
@@ -23,11 +23,13 @@ def parse_setting(text: str) -> dict:
   for item in filter(None, rest.split("/")):
     key, _, value = item.partition("=")
     if key not in _KEYS or not value:
-      raise ValueError(f"setting {text!r}: {item!r} is not t=, k= or p= with a value")
+      raise ValueError(f"setting {text!r}: {item!r} is not t=, k=, p= or w= with a value")
     if mode not in ("sample", "mean"):
-      raise ValueError(f"setting {text!r}: only sample takes t=, k= or p=, and mean t=")
-    if mode == "mean" and key != "t":
-      raise ValueError(f"setting {text!r}: mean takes t= only")
+      raise ValueError(f"setting {text!r}: only sample takes t=, k= or p=, and mean t= and w=")
+    if mode == "mean" and key not in ("t", "w"):
+      raise ValueError(f"setting {text!r}: mean takes t= and w= only")
+    if mode == "sample" and key == "w":
+      raise ValueError(f"setting {text!r}: sample takes t=, k= and p=, not w=")
     name, kind = _KEYS[key]
     out[name] = kind(value)
   return out

@@ -33,9 +33,12 @@ class Expected(NamedTuple):
   """A scale completed in expectation (`mean`), as a `choose` for `FrameSteps.run` returns it:
   tokens (N, M), the most probable codes, which the context model conditions on (the next scale's
   input and the next frame's context), and codes (N, M, C), the expected code vector under the
-  model's probabilities, which the pixels get (the residual is affine in the code vector)."""
+  model's probabilities, which the pixels get (the residual is affine in the code vector); weight:
+  the share of that expected residual the pixels get (1: all of it; toward 0 the pixels approach
+  `none`'s, which get nothing of the scale)."""
   tokens: jax.Array
   codes: jax.Array
+  weight: float = 1.0
 
 
 def flat(x: jax.Array) -> jax.Array:
@@ -170,16 +173,15 @@ class FrameSteps:
 
   def _expect_fn(self, q_params, probs, temperature):
     quantizer = nnx.merge(self.q_def, q_params)
-    return Expected(jnp.argmax(probs, -1).astype(jnp.int32),
-                    expected_codes(probs, quantizer.codebook[...], temperature))
+    return jnp.argmax(probs, -1).astype(jnp.int32), expected_codes(probs, quantizer.codebook[...], temperature)
 
-  def _absorb_fn(self, k, q_params, state, tokens_k, codes_k):
+  def _absorb_fn(self, k, q_params, state, tokens_k, codes_k, weight):
     quantizer = nnx.merge(self.q_def, q_params)
     p = self.schedule[k]
     residual = quantizer.scale_residual(k, tokens_k.reshape(-1, p, p))
     fhat_ctx = state["fhat_ctx"] + residual
     ctx_k = dict(fhat=flat(resize(fhat_ctx, p, "area")), tokens=tokens_k)
-    pixels = residual if codes_k is None else _residual(quantizer, k, tokens_k, codes_k)
+    pixels = residual if codes_k is None else _residual(quantizer, k, tokens_k, codes_k, weight)
     return dict(state, fhat=state["fhat"] + pixels, fhat_ctx=fhat_ctx), ctx_k
 
   def init(self, n: int) -> dict:
@@ -197,18 +199,19 @@ class FrameSteps:
     ft = jnp.full((n,), frame_type, jnp.int32)
     return self._predict(k, self.m_params, state, ft, x_k, prev_k if frame_type == P_FRAME else None)
 
-  def absorb(self, k: int, state: dict, tokens_k: jax.Array, codes_k: jax.Array | None = None):
+  def absorb(self, k: int, state: dict, tokens_k: jax.Array, codes_k: jax.Array | None = None,
+             weight: float = 1.0):
     """Adds scale k's tokens (N, p_k^2) to fhat; returns the state and this frame's context at k
     (`state` itself is consumed). codes_k (N, p_k^2, C): the code vectors the pixels' fhat gets
-    instead of the tokens' (a scale completed in expectation); the context keeps the tokens."""
-    return self._absorb(k, self.q_params, state, jnp.asarray(tokens_k, jnp.int32), codes_k)
+    instead of the tokens' (a scale completed in expectation), times weight; the context keeps the tokens."""
+    return self._absorb(k, self.q_params, state, jnp.asarray(tokens_k, jnp.int32), codes_k, jnp.float32(weight))
 
   def select(self, probs, mode, key, temperature=1.0, top_k=0, top_p=1.0):
     return self._select(self.probabilities(probs), mode, key, float(temperature), int(top_k), float(top_p))
 
-  def expect(self, probs, temperature=1.0) -> Expected:
+  def expect(self, probs, temperature=1.0, weight=1.0) -> Expected:
     """Scale tokens completed in expectation (`Expected`) from what `predict` returned."""
-    return self._expect(self.q_params, self.probabilities(probs), float(temperature))
+    return Expected(*self._expect(self.q_params, self.probabilities(probs), float(temperature)), float(weight))
 
   def probabilities(self, dist: jax.Array) -> jax.Array:
     """Float probabilities of what `predict` returns (for generative completion)."""
@@ -261,13 +264,13 @@ class FrameSteps:
         p, states[i] = self.predict(k, states[i], frame_type, jax.tree.map(part, prev_k), part(x_k))
         probs.append(p)
       chosen = choose(k, probs[0] if len(spans) == 1 else jnp.concatenate(probs))
-      codes = None
+      codes, weight = None, 1.0
       if isinstance(chosen, Expected):
-        chosen, codes = chosen
+        chosen, codes, weight = chosen
       chosen = jnp.asarray(chosen)
       parts = []
       for i, s in enumerate(spans):
-        states[i], ctx_k = self.absorb(k, states[i], chosen[s], None if codes is None else codes[s])
+        states[i], ctx_k = self.absorb(k, states[i], chosen[s], None if codes is None else codes[s], weight)
         parts.append(ctx_k)
       ctx_k = parts[0] if len(spans) == 1 else jax.tree.map(lambda *a: jnp.concatenate(a), *parts)
       ctx.append(ctx_k)
@@ -276,30 +279,37 @@ class FrameSteps:
     return fhat, ctx, tokens
 
   def completer(self, given: Sequence[jax.Array], mode: str, key: jax.Array, temperature: float = 1.0,
-                top_k: int = 0, top_p: float = 1.0) -> Callable[[int, jax.Array], jax.Array]:
+                top_k: int = 0, top_p: float = 1.0, weight: float = 1.0) -> Callable[[int, jax.Array], jax.Array]:
     """A `choose` for `run`: the given tokens for the first len(given) scales, then
     generated ones (sample draws with fold_in(key, k), so a decode repeats exactly), or for
-    `mean` the expected code vector at `temperature` (the context follows the argmax)."""
+    `mean` the expected code vector at `temperature`, its residual times `weight` (the context
+    follows the argmax)."""
     if mode not in ("sample", "argmax", "mean"):
       raise ValueError(f"completion mode must be 'sample', 'argmax' or 'mean', got {mode!r}")
     if mode == "mean" and (top_k != 0 or top_p != 1.0):
-      raise ValueError("completion mode 'mean' takes a temperature only, not top_k or top_p")
+      raise ValueError("completion mode 'mean' takes a temperature and a weight only, not top_k or top_p")
+    if mode != "mean" and weight != 1.0:
+      raise ValueError(f"only completion mode 'mean' takes a weight, not {mode!r}")
+    if not 0.0 < weight <= 1.0:
+      raise ValueError(f"the weight of a mean completion must be in (0, 1], got {weight}")
 
     def choose(k, probs):
       if k < len(given):
         return given[k]
       if mode == "mean":
-        return self.expect(probs, temperature)
+        return self.expect(probs, temperature, weight)
       return self.select(probs, mode, jax.random.fold_in(key, k), temperature, top_k, top_p)
     return choose
 
 
-def _residual(quantizer: MultiScaleQuantizer, k: int, tokens_k: jax.Array, codes_k: jax.Array | None) -> jax.Array:
-  """Scale k's contribution to the pixels' fhat: from its tokens (N, p^2), or from code vectors (N, p^2, C)."""
+def _residual(quantizer: MultiScaleQuantizer, k: int, tokens_k: jax.Array, codes_k: jax.Array | None,
+              weight: jax.Array) -> jax.Array:
+  """Scale k's contribution to the pixels' fhat: from its tokens (N, p^2), or from code vectors (N, p^2, C)
+  times weight."""
   p = quantizer.schedule[k]
   if codes_k is None:
     return quantizer.scale_residual(k, tokens_k.reshape(-1, p, p))
-  return quantizer.residual_of_codes(k, codes_k.reshape(-1, p, p, codes_k.shape[-1]))
+  return weight * quantizer.residual_of_codes(k, codes_k.reshape(-1, p, p, codes_k.shape[-1]))
 
 
 class IntegerFrameSteps(FrameSteps):
@@ -351,13 +361,14 @@ class IntegerFrameSteps(FrameSteps):
     weights, cache = self._context(tables).step(state["cache"], k, x_k, frame_type, prev_k)
     return weights.astype(jnp.float32), dict(state, cache=cache)
 
-  def _absorb_fn(self, k, q_params, tables, state, tokens_k, codes_k):
+  def _absorb_fn(self, k, q_params, tables, state, tokens_k, codes_k, weight):
     quantizer = nnx.merge(self.q_def, q_params)
     p = self.schedule[k]
     fh = self._fhat(tables)
     fhat_int = state["fhat_int"] + fh.residual(k, tokens_k.reshape(-1, p, p))
     ctx_k = dict(fhat=flat(fh.area(fhat_int, p)), tokens=tokens_k)
-    return dict(state, fhat=state["fhat"] + _residual(quantizer, k, tokens_k, codes_k), fhat_int=fhat_int), ctx_k
+    pixels = _residual(quantizer, k, tokens_k, codes_k, weight)
+    return dict(state, fhat=state["fhat"] + pixels, fhat_int=fhat_int), ctx_k
 
   def init(self, n: int) -> dict:
     return self._init(self.tables, n)
@@ -367,8 +378,10 @@ class IntegerFrameSteps(FrameSteps):
     cached (`state` itself is consumed)."""
     return self._predict(k, frame_type, self.tables, state, x_k, prev_k if frame_type == P_FRAME else None)
 
-  def absorb(self, k: int, state: dict, tokens_k: jax.Array, codes_k: jax.Array | None = None):
-    return self._absorb(k, self.q_params, self.tables, state, jnp.asarray(tokens_k, jnp.int32), codes_k)
+  def absorb(self, k: int, state: dict, tokens_k: jax.Array, codes_k: jax.Array | None = None,
+             weight: float = 1.0):
+    return self._absorb(k, self.q_params, self.tables, state, jnp.asarray(tokens_k, jnp.int32), codes_k,
+                        jnp.float32(weight))
 
   def probabilities(self, dist: jax.Array) -> jax.Array:
     return (dist + 1).astype(jnp.float32) / (1 << integer.FREQ_BITS)

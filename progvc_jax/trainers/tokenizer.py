@@ -312,6 +312,8 @@ def completion_model(config, tok, trainable, mesh):
   if setting["complete"] not in ("argmax", "sample", "mean"):
     raise ValueError(f"complete_with needs a completion of the missing scales (argmax, "
                      f"sample[:t=../k=../p=..] or mean[:t=..]), not {setting['complete']}")
+  if setting.get("weight", 1.0) != 1.0:
+    raise ValueError("complete_with renders mean completions whole: drop w= from the completion setting")
   if trainable & TOKEN_GROUPS:
     raise ValueError(f"complete_with completes the frozen tokenizer's tokens: train only the decoder "
                      f"(train_only=decoder,post_quant_conv), not {', '.join(sorted(trainable & TOKEN_GROUPS))}")

@@ -191,8 +191,8 @@ def test_wrong_magic_and_version():
   assert "not a progvc stream" in _error(b"RIFF" + data[4:])
   assert "not a progvc stream" in _error(b"")
   assert "not a progvc stream" in _error(b"\x1a\x45\xdf\xa3 a matroska file")
-  msg = _error(data[:4] + b"\x05" + data[5:])
-  assert "version 5" in msg and "versions 2 to 4" in msg
+  msg = _error(data[:4] + b"\x06" + data[5:])
+  assert "version 6" in msg and "versions 2 to 5" in msg
   # Version 1 (float probabilities) is refused with the reason, in one line.
   msg = _error(data[:4] + b"\x01" + data[5:])
   assert "version 1 is no longer decoded" in msg and "re-encode" in msg and "\n" not in msg
@@ -700,7 +700,7 @@ def test_layered_container_costs_no_more_than_frame_major_at_0p02_bpp():
   assert layered["container_share"] < 0.01
 
 
-# The completion a stream names (version 4).
+# The completion a stream names (version 4; 5 with a weighted mean).
 
 @pytest.mark.parametrize("layout", [FRAMES, LAYERED])
 def test_a_named_completion_round_trips_in_either_layout(layout):
@@ -718,6 +718,12 @@ def test_a_named_completion_round_trips_in_either_layout(layout):
   assert write_stream(dataclasses.replace(header, completion=("none",) * 3), frames) == plain
   # Truncation keeps the header's completion.
   assert read_stream(_truncated(data, 2))[0].completion == named.completion
+  # A weighted mean makes it version 5; the chunks are the same again.
+  weighted = dataclasses.replace(header, completion=("mean:t=3/w=0.25", "mean:t=3", "none"))
+  data5 = write_stream(weighted, frames)
+  assert data5[4] == 5 and read_stream(data5) == (weighted, frames)
+  assert data5[len(weighted.to_bytes()):] == plain[len(header.to_bytes()):]
+  assert read_stream(_truncated(data5, 1))[0].completion_of(1) == "mean:t=3/w=0.25"
 
 
 def test_completion_exact_layout():
@@ -728,25 +734,37 @@ def test_completion_exact_layout():
           + b"\x10" + b"\x03" + b"\x01\x02\x04" + b"\x80\x20" + b"\x00" + b"\x01"
           + b"\x02" + b"\x01" + b"\x02\xac\x02" + FINGERPRINT)  # 2 entries: argmax; mean, 300 hundredths
   assert header.to_bytes() == b"PGVC" + body + (zlib.crc32(body) & 0xFFFF).to_bytes(2, "little")
+  weighted = dataclasses.replace(header, completion=("mean:t=3/w=0.25", "mean:w=1"))
+  body = b"\x05" + body[1:-len(FINGERPRINT) - 5] + b"\x02" + b"\x03\xac\x02\x19" + b"\x02\x64" + FINGERPRINT
+  assert weighted.to_bytes() == b"PGVC" + body + (zlib.crc32(body) & 0xFFFF).to_bytes(2, "little")  # w=1: code 2
 
 
 @pytest.mark.parametrize("completion,message", [
-    (("none",), "1 completions for 3 scales"), (("none", "sample"), "none, argmax or mean:t=T"),
+    (("none",), "1 completions for 3 scales"), (("none", "sample"), "none, argmax, mean:t=T or mean:t=T/w=W"),
     (("none", "mean:t=0"), "mean:t=T"), (("none", "mean:k=2"), "mean:t=T"), (("none", "mean:t=inf"), "mean:t=T"),
+    (("none", "mean:t=3/w=0"), "0.01 <= W <= 1"), (("none", "mean:t=3/w=1.5"), "0.01 <= W <= 1"),
+    (("none", "mean:t=3/t=2"), "mean:t=T"), (("none", "argmax:w=0.5"), "mean:t=T/w=W"),
 ])
 def test_a_completion_a_stream_cannot_name_is_refused(completion, message):
   with pytest.raises(StreamError, match=re.escape(message)):
     _header((1, 2, 4), completion=completion)
   assert _header((1, 2, 4), completion=("none", "mean:t=2.5")).completion == ("none", "mean:t=2.5")
   assert _header((1, 2, 4), completion=("mean", "mean:t=0.014")).completion == ("mean:t=1", "mean:t=0.01")
+  assert _header((1, 2, 4), completion=("mean:w=0.5/t=2", "mean:t=3/w=1")).completion == ("mean:t=2/w=0.5",
+                                                                                        "mean:t=3")
 
 
 def test_a_corrupt_completion_field_is_refused():
   header = _header((1, 2, 4), layout=LAYERED, completion=("argmax", "none"))
   good = header.to_bytes()
   field = good.index(bytes([LAYERED, 2, 1, 0]) + FINGERPRINT)  # layout, 2 entries: argmax, none
-  for bad, message in ((bytes([LAYERED, 1, 1]), "1 completions for 3 scales"),
-                       (bytes([LAYERED, 2, 1, 7]), "completion code 7")):
-    body = good[4:field] + bad + good[field + 4:-2]
+  for version, bad, message in ((4, bytes([LAYERED, 1, 1]), "1 completions for 3 scales"),
+                                (4, bytes([LAYERED, 2, 1, 7]), "completion code 7"),
+                                (4, bytes([LAYERED, 2, 3, 100, 50, 0]), "completion code 3"),  # needs version 5
+                                (5, bytes([LAYERED, 2, 3, 100, 0, 0]), "completion 'mean:t=1/w=0'"),
+                                (5, bytes([LAYERED, 2, 2, 0, 0]), "completion 'mean:t=0'")):
+    body = bytes([version]) + good[5:field] + bad + good[field + 4:-2]
     data = b"PGVC" + body + (zlib.crc32(body) & 0xFFFF).to_bytes(2, "little")
     assert message in _error(data)
+  body = b"\x05" + good[5:-2]  # version 5 need not name a weighted mean
+  assert read_stream(b"PGVC" + body + (zlib.crc32(body) & 0xFFFF).to_bytes(2, "little"))[0] == header

@@ -218,6 +218,7 @@ def test_truncation_equals_encoding_fewer_scales(model, clip, full_stream):
 
 def test_the_encoder_names_the_completion_that_decodes_best_and_the_decoder_follows_it(model, clip, full_stream):
   from progvc_jax.eval import metrics
+  from progvc_jax.eval.completion import parse_setting
   buf = io.BytesIO()
   enc = encoder.Encoder(model, buf, 139, 170, 30, gop=2)
   for frame in clip:
@@ -226,20 +227,30 @@ def test_the_encoder_names_the_completion_that_decodes_best_and_the_decoder_foll
   assert buf.getvalue() == full_stream
   header, _ = bitstream.read_stream(full_stream)
   named, scores = enc.stats["completion"], enc.stats["completion_scores"]
+  candidates = encoder.choice_candidates()
+  assert candidates == ("none", "mean:t=3/w=0.1", "mean:t=3/w=0.25", "mean:t=3/w=0.5", "mean:t=3")
   assert len(named) == model.num_scales - 1 and set(scores) == {"K=1", "K=2", "K=3"}
-  probe = min(encoder.CHOICE_FRAMES, 2)  # the first GOP, if shorter
+  scored = slice(0, min(encoder.CHOICE_FRAMES, 2), encoder.CHOICE_STRIDE)  # the first GOP, if shorter
   for k in (1, 2, 3):
     cut = io.BytesIO()
     bitstream.truncate(io.BytesIO(full_stream), cut, k)
     decoded = {}
-    for setting in ("none", "mean:t=3"):
-      mode, _, t = setting.partition(":t=")
-      decoded[setting] = decoder.decode(cut.getvalue(), model, complete=mode, temperature=float(t or 1))
-      # The scores are the decoder's frames against the source, over the first frames.
-      assert scores[f"K={k}"][setting] == pytest.approx(metrics.ssimulacra2(clip[:probe], decoded[setting][:probe]))
-    assert scores[f"K={k}"]["none"] != scores[f"K={k}"]["mean:t=3"]
-    ahead = scores[f"K={k}"]["mean:t=3"] - scores[f"K={k}"]["none"]
-    assert named[k - 1] == ("mean:t=3" if ahead > encoder.CHOICE_MARGIN else "none")
+    score = scores[f"K={k}"]
+    for setting in candidates:
+      decoded[setting] = decoder.decode(cut.getvalue(), model, **parse_setting(setting))
+      # The scores are the decoder's frames against the source (a weight below 1 mixes the fhat of none and
+      # of the whole mean: the same up to float rounding).
+      exact = setting in ("none", "mean:t=3")
+      assert score[setting]["ssimulacra2"] == pytest.approx(
+          metrics.ssimulacra2(clip[scored], decoded[setting][scored]), abs=0 if exact else 0.02)
+      assert score[setting]["psnr_y"] == pytest.approx(
+          metrics.psnr_y(clip[scored], decoded[setting][scored]), abs=0 if exact else 0.01)
+    assert len({s["ssimulacra2"] for s in score.values()}) == len(candidates)
+    # The highest SSIMULACRA 2 among those whose luma is no further from the source than none's.
+    faithful = [c for c in candidates if score[c]["psnr_y"] >= score["none"]["psnr_y"]]
+    best = max(faithful, key=lambda c: score[c]["ssimulacra2"])
+    ahead = score[best]["ssimulacra2"] - score["none"]["ssimulacra2"]
+    assert named[k - 1] == (best if ahead > encoder.CHOICE_MARGIN else "none")
     assert header.completion_of(k) == named[k - 1]
     # The default decode follows the stream.
     np.testing.assert_array_equal(decoder.decode(cut.getvalue(), model), decoded[named[k - 1]])
@@ -256,10 +267,39 @@ def test_the_encoder_names_a_completion_it_is_given(model, clip):
   plain = encoder.encode(clip, model, fps=30, gop=2, complete="none")
   assert bitstream.read_stream(plain)[0].completion == () and plain[4] == 3
   assert data[len(header.to_bytes()):] == plain[len(bitstream.read_stream(plain)[0].to_bytes()):]
-  for bad, message in (({"complete": "sample"}, "complete must be choose, none, argmax or mean:t=T"),
+  for bad, message in (({"complete": "sample"}, "complete must be choose, none, argmax, mean:t=T or mean:t=T/w=W"),
+                       ({"complete": "mean:t=3/w=0"}, "complete must be choose"),
                        ({"choice_frames": 0}, "choice_frames must be at least 1")):
     with pytest.raises(ValueError, match=message):
       encoder.encode(clip, model, **bad)
+
+
+def test_a_weighted_mean_renders_that_share_of_the_expected_residual(model, clip, full_stream):
+  cut = io.BytesIO()
+  bitstream.truncate(io.BytesIO(full_stream), cut, 2)
+  runs = {w: list(decoder.decode_tokens(model, io.BytesIO(cut.getvalue()), complete="mean", temperature=3.0,
+                                        weight=w)) for w in (1.0, 0.25)}
+  plain = list(decoder.decode_tokens(model, io.BytesIO(cut.getvalue()), complete="none"))
+  for (_, tok_1, fhat_1), (_, tok_w, fhat_w), (_, _, fhat_0) in zip(runs[1.0], runs[0.25], plain):
+    for a, b in zip(tok_1, tok_w):  # the tokens and so the context do not depend on the weight
+      np.testing.assert_array_equal(a, b)
+    fhat_0, fhat_1 = np.asarray(fhat_0), np.asarray(fhat_1)
+    np.testing.assert_allclose(np.asarray(fhat_w), fhat_0 + 0.25 * (fhat_1 - fhat_0), atol=1e-5)
+    assert np.abs(fhat_1 - fhat_0).max() > 1e-2
+  # Named by the stream (version 5), it decodes as asked for explicitly; weight 1 is the plain mean.
+  data = encoder.encode(clip, model, fps=30, gop=2, complete="mean:t=3/w=0.25")
+  assert data[4] == 5 and bitstream.read_stream(data)[0].completion_of(2) == "mean:t=3/w=0.25"
+  again = io.BytesIO()
+  bitstream.truncate(io.BytesIO(data), again, 2)
+  np.testing.assert_array_equal(decoder.decode(again.getvalue(), model),
+                                decoder.decode(again.getvalue(), model, complete="mean", temperature=3.0, weight=0.25))
+  np.testing.assert_array_equal(decoder.decode(cut.getvalue(), model, complete="mean", weight=1.0),
+                                decoder.decode(cut.getvalue(), model, complete="mean"))
+  for bad, message in (({"complete": "mean", "weight": 0.0}, "weight of a mean completion must be in"),
+                       ({"complete": "mean", "weight": 1.5}, "weight of a mean completion must be in"),
+                       ({"complete": "argmax", "weight": 0.5}, "only completion mode 'mean' takes a weight")):
+    with pytest.raises(ValueError, match=message):
+      decoder.decode(cut.getvalue(), model, **bad)
 
 
 def test_completion_fills_missing_scales_repeatably(model, full_stream):
@@ -385,7 +425,8 @@ def test_command_line_encode_truncate_decode_info(cli_runs):
 
 
 @pytest.mark.parametrize("case", ["flipped", "magic", "version", "no_bundle", "corrupt_bundle",
-                                  "bad_video", "empty_video", "other_model", "bad_rd_lambda", "bad_complete"])
+                                  "bad_video", "empty_video", "other_model", "bad_rd_lambda", "bad_complete",
+                                  "bad_weight"])
 @pytest.mark.slow
 def test_bad_input_gives_one_line_error_and_no_output(case, cli_runs, model_path, tmp_path):
   d, _ = cli_runs
@@ -432,6 +473,9 @@ def test_bad_input_gives_one_line_error_and_no_output(case, cli_runs, model_path
   elif case == "bad_complete":
     out = tmp_path / "out.pgvc"
     args = ("encode", d / "clip.y4m", out, "--model", model, "--complete", "sample")
+  elif case == "bad_weight":
+    stream.write_bytes(good)
+    args = ("decode", stream, out, "--model", model, "--complete", "mean", "--weight", "0")
   run = progvc(*(args or ("decode", stream, out, "--model", model, "--complete", "none")))
   assert run.returncode != 0
   lines = run.stderr.strip().splitlines()

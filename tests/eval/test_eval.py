@@ -345,8 +345,9 @@ def test_completion_settings_parse_and_the_best_is_ahead_everywhere():
   assert completion.parse_setting("sample:t=0.7/k=8/p=0.9") == {"complete": "sample", "temperature": 0.7,
                                                                 "top_k": 8, "top_p": 0.9}
   assert completion.parse_setting("mean:t=0.5") == {"complete": "mean", "temperature": 0.5}
-  for bad, message in (("greedy", "must be one of"), ("argmax:t=0.5", "only sample"), ("sample:q=1", "t=, k= or p="),
-                       ("mean:k=4", "mean takes t= only")):
+  assert completion.parse_setting("mean:t=3/w=0.25") == {"complete": "mean", "temperature": 3.0, "weight": 0.25}
+  for bad, message in (("greedy", "must be one of"), ("argmax:t=0.5", "only sample"), ("sample:q=1", "t=, k=, p= or w="),
+                       ("mean:k=4", "mean takes t= and w= only"), ("sample:w=0.5", "sample takes t=, k= and p=")):
     with pytest.raises(ValueError, match=message):
       completion.parse_setting(bad)
   # a gains more on average but falls behind none once; b is ahead everywhere.

@@ -204,8 +204,18 @@ def test_mean_completion_follows_the_argmax_and_renders_the_expected_code(quanti
   one_hot = jax.nn.one_hot(tok_a[k], V)
   np.testing.assert_array_equal(pg.expected_codes(one_hot, quantizer.codebook[...]).reshape(N, p, p, C),
                                 quantizer.codebook[...][tok_a[k].reshape(N, p, p)])
-  with pytest.raises(ValueError, match="temperature only"):
-    steps.completer(given, "mean", jax.random.key(0), top_k=4)
+  # A weight w gives the generated scales w times their expected residual; the context stays the argmax's.
+  fhat_w, ctx_w, _ = steps.run(N, I_FRAME, None, steps.completer(given, "mean", jax.random.key(0), 0.8, weight=0.25))
+  for a, m in zip(ctx_a, ctx_w):
+    np.testing.assert_array_equal(a["tokens"], m["tokens"])
+  given_fhat = np.asarray(quantizer.decode([t.reshape(N, p, p) for t, p in zip(given, quantizer.schedule)]))
+  np.testing.assert_allclose(fhat_w, given_fhat + 0.25 * (np.asarray(fhat_m) - given_fhat), atol=1e-5)
+  for kwargs, message in (({"top_k": 4}, "temperature and a weight only"), ({"weight": 0.0}, r"in \(0, 1\]"),
+                          ({"weight": 1.5}, r"in \(0, 1\]")):
+    with pytest.raises(ValueError, match=message):
+      steps.completer(given, "mean", jax.random.key(0), **kwargs)
+  with pytest.raises(ValueError, match="only completion mode 'mean' takes a weight"):
+    steps.completer(given, "argmax", jax.random.key(0), weight=0.5)
 
 
 @pytest.mark.slow

@@ -347,6 +347,8 @@ def test_completion_fine_tune_refuses_what_would_change_or_miss_the_tokens(mesh2
     trainer_lib.Trainer(small_config(completion="none", **only_decoder), mesh222)
   with pytest.raises(ValueError, match="the mode must be one of"):
     trainer_lib.Trainer(small_config(completion="greedy", **only_decoder), mesh222)
+  with pytest.raises(ValueError, match="renders mean completions whole: drop w="):
+    trainer_lib.Trainer(small_config(completion="mean:t=3/w=0.5", **only_decoder), mesh222)
   other, _ = context_checkpoint(tmp_path / "other", small_config(), vocab_size=64)
   with pytest.raises(ValueError, match="codes other tokens"):
     trainer_lib.Trainer(small_config(train_only="decoder,post_quant_conv", complete_with=other), mesh222)
