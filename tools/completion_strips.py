@@ -1,11 +1,12 @@
 """Pictures of completion: a frame of a stream cut to K scales, decoded with each setting, beside x265.
 
   python tools/completion_strips.py [--model BUNDLE] [--videos carphone_pristine.mp4,bikes.mp4,bigbuckbunny.mp4]
-      [--frames 12] [--ks 2,3] [--settings none,sample] [--out docs/completion]
+      [--frames 12] [--ks 2,3] [--settings none,sample,stream] [--out docs/completion]
 
 For each clip and K, writes OUT/strip_<clip>_K<K>.png: the source's middle
 frame, the same frame decoded from the stream cut to K scales with each
-completion setting (as in tools/sweep_completion.py), and x265 (preset
+completion setting (as in tools/sweep_completion.py; `stream`: what the
+encoder named, the default decode, labelled with what it names), and x265 (preset
 medium) at the CRF whose rate is nearest to the cut stream's, each labelled
 with its bits per pixel (labels are cut at the frame's width). Frames larger
 than --crop show their middle crop. x265 cannot
@@ -26,7 +27,8 @@ flags.DEFINE_list("videos", ["carphone_pristine.mp4", "bikes.mp4", "bigbuckbunny
 flags.DEFINE_integer("frames", 12, "Frames from the start of each clip.")
 flags.DEFINE_integer("gop", 30, "I-frame interval.")
 flags.DEFINE_list("ks", ["2", "3"], "Scales kept.")
-flags.DEFINE_list("settings", ["none", "sample"], "Completion settings (see tools/sweep_completion.py).")
+flags.DEFINE_list("settings", ["none", "sample", "stream"],
+                  "Completion settings (see tools/sweep_completion.py), or stream: what the encoder named.")
 flags.DEFINE_integer("seed", 0, "Seed of sampling.")
 flags.DEFINE_integer("crop", 640, "Show the middle crop of at most this many pixels a side of larger frames "
                      "(0: whole frames).")
@@ -69,7 +71,7 @@ def main(argv):
   from progvc_jax.eval.completion import clip_path, parse_setting
 
   try:
-    settings = {s: parse_setting(s) for s in FLAGS.settings}
+    settings = {s: {"complete": "stream"} if s == "stream" else parse_setting(s) for s in FLAGS.settings}
     ks = [int(k) for k in FLAGS.ks]
   except ValueError as e:
     sys.exit(f"completion_strips: {e}")
@@ -94,8 +96,10 @@ def main(argv):
       bitstream.truncate(io.BytesIO(full), cut, k)
       bpp = metrics.bits_per_pixel(len(cut.getvalue()), w, h, t)
       rows = [("source", shown(frames[mid]))]
+      named = bitstream.Reader(io.BytesIO(full)).header.completion_of(k)
       for label, kwargs in settings.items():
         dec = decoder.decode(cut.getvalue(), model, seed=FLAGS.seed, **kwargs)
+        label = named if label == "stream" else label
         rows.append((f"{label} {bpp:.3f}bpp", shown(dec[mid])))
       with tempfile.TemporaryDirectory(prefix="progvc-strip-") as tmp:
         crf, anchor, x265_bpp = nearest_crf(frames, fps, bpp, tmp)
