@@ -70,14 +70,15 @@ def assert_close(a, b, noisy_steps=1):
 @pytest.mark.slow
 def test_two_processes_match_one(tmp_path):
   err_two = finish(start(tmp_path / "two", "--stop_at=4", "--config.mesh_dcn=(2, 1, 1)", two_processes=True))
-  finish(start(tmp_path / "one", "--stop_at=4"))
   assert "process 0 of 2" in err_two and "process 1 of 2" not in err_two  # only process 0 logs
   assert len(re.findall(r"step 4/100", err_two)) == 1
+  # One process, uninterrupted, checkpoints steps 4 and 5.
+  finish(start(tmp_path / "one", "--stop_at=5", "--config.ckpt_every=4"))
+  assert sorted(os.listdir(tmp_path / "one" / "checkpoints"), key=int) == ["4", "5"]
   # One process restores the two-process checkpoint onto its own mesh ...
   assert_close(restored(tmp_path / "two", 4), restored(tmp_path / "one", 4))
   # ... and trains on from it, at the same place in the data.
   err = finish(start(tmp_path / "two", "--stop_at=5"))
-  finish(start(tmp_path / "one", "--stop_at=5"))
   assert "starting at step 4 of 100" in err
   assert_close(restored(tmp_path / "two", 5), restored(tmp_path / "one", 5), noisy_steps=2)
 
