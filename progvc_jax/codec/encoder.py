@@ -205,8 +205,8 @@ class Encoder:
       try:
         complete = bitstream.canonical_completion(complete)
       except bitstream.StreamError:
-        raise ValueError(f"complete must be choose, none, argmax, mean:t=T or mean:t=T/w=W (0 < W <= 1), "
-                         f"got {complete!r}") from None
+        raise ValueError(f"complete must be choose, none, argmax, mean:t=T or mean:t=T/w=W (0.01 <= T <= 100, "
+                         f"0.01 <= W <= 1), got {complete!r}") from None
     if choice_frames < 1:
       raise ValueError(f"choice_frames must be at least 1, got {choice_frames}")
     rate = fractions.Fraction(fps).limit_denominator(1001)
