@@ -78,10 +78,13 @@ def run(model: CodecModel, frames: np.ndarray, fps: float, out: str, *, modes: S
 
   rd_lambda: the encoder's rate-distortion weight on I-frames (None: encoder.DEFAULT_RD_LAMBDA);
   p_lambda_scale: P-frames' weight over it (None: encoder.DEFAULT_P_LAMBDA_SCALE).
+  The encoder chooses the completion its streams name (its default) only where a mode follows the
+  stream (`stream`); otherwise they name `none` and the choice's decodes are saved.
   """
   rd_lambda = encoder.DEFAULT_RD_LAMBDA if rd_lambda is None else float(rd_lambda)
   p_lambda_scale = encoder.DEFAULT_P_LAMBDA_SCALE if p_lambda_scale is None else float(p_lambda_scale)
-  enc_args = {"rd_lambda": rd_lambda, "p_lambda_scale": p_lambda_scale}
+  enc_args = {"rd_lambda": rd_lambda, "p_lambda_scale": p_lambda_scale,
+              "complete": encoder.DEFAULT_COMPLETE if "stream" in modes else "none"}
   os.makedirs(out, exist_ok=True)
   t, height, width = frames.shape[:3]
   if use_vmaf:
@@ -184,7 +187,7 @@ def rates_with_scores_from(model: CodecModel, reference: CodecModel, frames: np.
   os.makedirs(out, exist_ok=True)
   t, height, width = frames.shape[:3]
   full = os.path.join(out, "progvc_all_scales.pgvc")
-  encoder.encode_file(model, iter(frames), full, fps, gop=gop, rd_lambda=0.0)
+  encoder.encode_file(model, iter(frames), full, fps, gop=gop, rd_lambda=0.0, complete="none")
   if chunk_checksums(full) != chunk_checksums(ref_stream):
     raise ValueError(f"the tokens differ from those of {ref_stream} (other frames or GOP?)")
   with open(ref_points, newline="") as f:

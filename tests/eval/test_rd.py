@@ -51,6 +51,9 @@ def test_every_promised_point_is_written(run):
   # bpp comes from the real files: progvc's K=2 point is the size of its truncated stream.
   k2 = next(r for r in rows if r["codec"] == "progvc" and r["setting"] == "K=2" and r["mode"] == "none")
   assert int(k2["bytes"]) == os.path.getsize(out / "progvc_K2.pgvc")
+  # No mode follows the stream (`stream`), so the encoder does not choose a completion to name.
+  from progvc_jax.codec import bitstream
+  assert bitstream.read_stream((out / "progvc_all_scales.pgvc").read_bytes())[0].completion == ()
   # The rate rises with the scales kept; at all scales every completion mode is the same point.
   bpp = {(r["mode"], r["setting"]): float(r["bpp"]) for r in rows if r["codec"] == "progvc"}
   assert bpp[("none", "K=1")] < bpp[("none", "K=2")] < bpp[("none", "K=4")] == bpp[("sample", "K=4")]
