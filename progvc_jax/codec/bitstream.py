@@ -183,7 +183,7 @@ class Header:
   def version(self) -> int:
     """5 with a weighted mean completion, 4 with another; else 2 for the frame-major layout (what progvc wrote
     before layouts), 3 otherwise."""
-    if any(completion_parts(c)[2] != 1.0 for c in self.completion):
+    if any(_completion_fields(c)[2] < 100 for c in self.completion):
       return 5
     return 4 if self.completion else 2 if self.layout == FRAMES else 3
 
@@ -204,12 +204,12 @@ class Header:
     return MAGIC + bytes(body) + (zlib.crc32(body) & 0xFFFF).to_bytes(2, "little")
 
 
-def canonical_completion(setting: str) -> str:
-  """"none", "argmax", "mean:t=T" or "mean:t=T/w=W" (0.01 <= T <= 100, 0.01 <= W < 1, both kept to hundredths;
-  T defaults to 1, W to 1, which is left out) in one spelling; a StreamError otherwise."""
+def _completion_fields(setting: str) -> tuple[str, int, int]:
+  """A completion a stream can name -> (mode, temperature, weight), both in hundredths (100 where they do
+  not apply); a StreamError otherwise."""
   mode, _, rest = str(setting).partition(":")
   if mode in ("none", "argmax") and not rest:
-    return mode
+    return mode, 100, 100
   if mode == "mean":
     items = [item.partition("=") for item in rest.split("/")] if rest else []
     values = {"t": 100, "w": 100}
@@ -223,29 +223,34 @@ def canonical_completion(setting: str) -> str:
     keys = [key for key, _, _ in items]
     if (set(keys) <= {"t", "w"} and len(set(keys)) == len(keys) and 1 <= t <= _MAX_TEMPERATURE_HUNDREDTHS
         and 1 <= w <= 100):
-      return f"mean:t={t / 100:g}" + (f"/w={w / 100:g}" if w < 100 else "")
+      return mode, t, w
   raise StreamError(f"a stream's completion must be none, argmax, mean:t=T or mean:t=T/w=W with 0.01 <= T <= "
                     f"{_MAX_TEMPERATURE_HUNDREDTHS // 100} and 0.01 <= W <= 1, got {setting!r}")
+
+
+def canonical_completion(setting: str) -> str:
+  """"none", "argmax", "mean:t=T" or "mean:t=T/w=W" (0.01 <= T <= 100, 0.01 <= W < 1, both kept to hundredths;
+  T defaults to 1, W to 1, which is left out) in one spelling; a StreamError otherwise."""
+  mode, t, w = _completion_fields(setting)
+  if mode != "mean":
+    return mode
+  return f"mean:t={t / 100:g}" + (f"/w={w / 100:g}" if w < 100 else "")
 
 
 def completion_parts(setting: str) -> tuple[str, float, float]:
   """A completion a stream can name -> (mode, temperature, weight): "mean:t=3/w=0.5" -> ("mean", 3.0, 0.5),
   "none" -> ("none", 1.0, 1.0)."""
-  mode, _, rest = canonical_completion(setting).partition(":")
-  values = {"t": 1.0, "w": 1.0}
-  for item in rest.split("/") if rest else ():
-    key, _, value = item.partition("=")
-    values[key] = float(value)
-  return mode, values["t"], values["w"]
+  mode, t, w = _completion_fields(setting)
+  return mode, t / 100, w / 100
 
 
 def _completion_bytes(setting: str) -> bytes:
-  mode, temperature, weight = completion_parts(setting)
+  mode, t, w = _completion_fields(setting)
   if mode != "mean":
     return encode_varint(STREAM_COMPLETIONS.index(mode))
-  t = encode_varint(round(temperature * 100))
-  return encode_varint(_WEIGHTED_MEAN) + t + encode_varint(round(weight * 100)) if weight < 1 else \
-      encode_varint(STREAM_COMPLETIONS.index("mean")) + t
+  if w < 100:
+    return encode_varint(_WEIGHTED_MEAN) + encode_varint(t) + encode_varint(w)
+  return encode_varint(STREAM_COMPLETIONS.index("mean")) + encode_varint(t)
 
 
 @dataclass
