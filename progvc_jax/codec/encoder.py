@@ -132,9 +132,10 @@ def choose_completion(model: CodecModel, header: bitstream.Header, coded: list[b
   `sources` (the frames coded, from an I-frame) over every stride-th frame, among those whose PSNR-Y is not
   below `none`'s; `none` unless that beats it by more than `margin`.
 
-  The decodes are the decoder's own: one with `none` and one with the whole mean (their tokens and contexts
-  are the same, since a mean completion's context follows the argmax, and only the pixels' fhat differs), so
-  the weight w's fhat is none's + w * (whole mean's - none's): the decoder's frames up to float rounding.
+  One decode per k, the decoder's own with the whole mean, gives both ends: its fhat, and `none`'s from the
+  k scales' tokens it yields (a mean completion's tokens and context follow the argmax, so the scales sent
+  and the next frame's context are those of a decode with `none`; CodecModel.fhat sums them as that decode
+  does). The weight w's fhat is none's + w * (whole mean's - none's): the decoder's frames up to float rounding.
 
   Returns (completion per k = 1..K-1, "none" where no frame can have k scales;
   {"K=k": {candidate: {"ssimulacra2": score, "psnr_y": score}}}).
@@ -151,11 +152,13 @@ def choose_completion(model: CodecModel, header: bitstream.Header, coded: list[b
       chosen.append("none")
       continue
     stream = bitstream.write_stream(header, [bitstream.Frame(f.kind, f.chunks[:k]) for f in coded])
-    fhat = {}
-    for mode in ("none", "mean"):
-      frames = decoder.decode_tokens(model, io.BytesIO(stream), complete=mode, temperature=temperature,
-                                     partial=False)
-      fhat[mode] = [np.asarray(f) for i, (_, _, f) in enumerate(frames) if i % stride == 0]
+    fhat = {"none": [], "mean": []}
+    frames = decoder.decode_tokens(model, io.BytesIO(stream), complete="mean", temperature=temperature,
+                                   partial=False)
+    for i, (_, tokens, f) in enumerate(frames):
+      if i % stride == 0:
+        fhat["mean"].append(np.asarray(f))
+        fhat["none"].append(np.asarray(model.fhat(tokens[:k])))
     scores[f"K={k}"] = {}
     for name, w in zip(names, (0.0,) + tuple(weights)):
       mixed = fhat["mean"] if w == 1 else fhat["none"] if w == 0 else \

@@ -107,6 +107,14 @@ class CodecModel:
     idx, fhat = self._rd_choice(k, self._tok_params, f, fhat, jnp.asarray(weights), jnp.float32(rd_lambda))
     return np.asarray(idx), fhat
 
+  def fhat(self, tokens: list[np.ndarray]) -> jax.Array:
+    """The pixels' fhat tiles (tiles, n, n, C) of the first len(tokens) scales' tokens [(tiles, p_k^2)],
+    summed by the decoder's own steps: the floats a decode that completes nothing (`none`) renders."""
+    state = self.steps.init(tokens[0].shape[0])
+    for k, t in enumerate(tokens):
+      state, _ = self.steps.absorb(k, state, t)
+    return state["fhat"]
+
   def pixels(self, fhat: jax.Array, height: int, width: int) -> np.ndarray:
     """uint8 frame (H, W, 3) from the tiles' fhat (tiles, n, n, C)."""
     return np.asarray(self._pixels(self._tok_params, fhat, height, width))

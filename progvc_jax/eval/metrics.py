@@ -10,6 +10,7 @@ Not here: DISTS and FID, which need network weights that progvc does not
 ship; LPIPS runs only with a weights file the caller names.
 """
 
+import concurrent.futures
 import functools
 import io
 import json
@@ -209,12 +210,24 @@ def vmaf(ref: np.ndarray | str, dist: np.ndarray | str, model: str = VMAF_MODEL)
   return float(np.mean(vmaf_frames(ref, dist, model)))
 
 
-def _png(frame: np.ndarray) -> io.BytesIO:
+def _ppm(frame: np.ndarray) -> io.BytesIO:
+  """An RGB frame as an in-memory PPM (lossless, and quicker to write and read than PNG)."""
   from PIL import Image
   buf = io.BytesIO()
-  Image.fromarray(frame).save(buf, format="PNG", compress_level=0)
+  Image.fromarray(frame).save(buf, format="PPM")
   buf.seek(0)
   return buf
+
+
+def _ssimulacra2_one(pair: tuple[np.ndarray, np.ndarray]) -> float:
+  from ssimulacra2 import compute_ssimulacra2
+  return float(compute_ssimulacra2(_ppm(pair[0]), _ppm(pair[1])))
+
+
+# Frames scored at once: NumPy and SciPy release the GIL in most of the metric's work (two threads score 8
+# frames at 640x360 in 0.99 s against 1.56 s one by one, on 2 cores), and each thread holds some 30
+# float64 copies of a frame.
+SSIMULACRA2_THREADS = 4
 
 
 def ssimulacra2_frames(ref: np.ndarray, dist: np.ndarray) -> np.ndarray:
@@ -223,11 +236,17 @@ def ssimulacra2_frames(ref: np.ndarray, dist: np.ndarray) -> np.ndarray:
 
   Computed by the `ssimulacra2` package, a NumPy port of libjxl's tool: sRGB
   to XYB, SSIM and two edge-difference maps at 6 scales, pooled by 1- and
-  4-norms, weighted and mapped to the score.
+  4-norms, weighted and mapped to the score. Frames are scored in up to
+  SSIMULACRA2_THREADS threads (no more than the CPUs this process may use); each score is the same
+  as one scored alone.
   """
   _check_pair(ref, dist)
-  from ssimulacra2 import compute_ssimulacra2
-  return np.array([compute_ssimulacra2(_png(r), _png(d)) for r, d in zip(ref, dist)], np.float64)
+  cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+  threads = min(SSIMULACRA2_THREADS, cpus, len(ref))
+  if threads <= 1:
+    return np.array([_ssimulacra2_one(p) for p in zip(ref, dist)], np.float64)
+  with concurrent.futures.ThreadPoolExecutor(threads) as pool:
+    return np.array(list(pool.map(_ssimulacra2_one, zip(ref, dist))), np.float64)
 
 
 def ssimulacra2(ref: np.ndarray, dist: np.ndarray) -> float:

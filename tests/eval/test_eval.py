@@ -129,6 +129,9 @@ def test_ms_ssim(clip, x264, monkeypatch):
   assert metrics.ms_ssim(clip[:3], clip[:3]) == pytest.approx(1, abs=1e-5)
   per_frame = metrics.ms_ssim_frames(clip, x264[45].frames_decoded)
   assert per_frame.shape == (NUM_FRAMES,)
+  # Frames scored in threads score as each does alone (one frame: no thread).
+  alone = [metrics.ssimulacra2_frames(clip[i:i + 1], x264[45].frames_decoded[i:i + 1])[0] for i in (0, 5, 9)]
+  np.testing.assert_array_equal(per_frame[[0, 5, 9]], alone)
   assert metrics.ms_ssim(clip, x264[22].frames_decoded) > per_frame.mean() > 0.5
   # Batches of 4 frames, the last padded, give the same scores.
   monkeypatch.setattr(metrics, "_BATCH_PIXELS", 4 * 144 * 176)
